@@ -1,0 +1,124 @@
+import Foundation
+public import JITCore
+public import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Paths given on the command line that win over the config file (tests run the agent in temp folders).
+public struct Overrides: Sendable {
+    public var socket: String?
+    public var database: String?
+    public var sudoersDir: String?
+    public init(socket: String? = nil, database: String? = nil, sudoersDir: String? = nil) {
+        self.socket = socket
+        self.database = database
+        self.sudoersDir = sudoersDir
+    }
+
+    public func apply(_ c: Config) -> Config {
+        var c = c
+        if let s = socket { c.socket = s }
+        if let d = database { c.database = d }
+        if let s = sudoersDir { c.sudoersDir = s }
+        return c
+    }
+}
+
+/// The whole agent: config → store → engine → server and scheduler; stops on SIGTERM/SIGINT, reloads on SIGHUP.
+public final class Agent: Sendable {
+    public let engine: Engine
+    public let server: Server
+    let configPath: String
+    let overrides: Overrides
+    let stopped = Atomic<Bool>(false)
+    /// How often the outside world is reconciled with the store even when nothing changed.
+    public let reconcileInterval: Double = 60
+
+    public init(configPath: String, overrides: Overrides, logger: Logger, effects: (@Sendable (Config, Logger) -> any GrantEffects)? = nil) throws(JITError) {
+        let config: Config
+        do { config = overrides.apply(try Config.load(path: configPath)) } catch {
+            throw JITError(.invalid, "\(error.description)")
+        }
+        self.configPath = configPath
+        self.overrides = overrides
+        let store = try Store(path: config.database)
+        let fx = effects?(config, logger) ?? NoEffects()
+        engine = Engine(config: config, store: store, effects: fx, logger: logger)
+        server = Server(engine: engine, path: config.socket)
+    }
+
+    /// Runs until SIGTERM or SIGINT. Returns the exit status.
+    public func run() throws(JITError) -> Int32 {
+        // Block the signals in every thread; one thread takes them with sigwait.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        try server.bind()
+        engine.reconcile()
+        engine.expireDue()
+        let cfg = engine.config
+        engine.logger.notice("jitd \(JITVersion.string) serving \(cfg.environment) on \(cfg.socket), database \(cfg.database)")
+
+        let serverThread = Thread { [server] in server.serve() }
+        serverThread.start()
+        let schedulerThread = Thread { [self] in self.schedule() }
+        schedulerThread.start()
+
+        let signalSet = set
+        while true {
+            var sig: Int32 = 0
+            var s = signalSet
+            sigwait(&s, &sig)
+            if sig == SIGHUP {
+                reload()
+                continue
+            }
+            engine.logger.notice("jitd stopping (signal \(sig))")
+            stopped.store(true, ordering: .sequentiallyConsistent)
+            server.stop()
+            engine.schedulerWaker.wake()
+            return 0
+        }
+    }
+
+    /// SIGHUP: a new config replaces the old only when it is valid; the paths are fixed for the run.
+    func reload() {
+        do {
+            var c = overrides.apply(try Config.load(path: configPath))
+            let old = engine.config
+            if c.socket != old.socket || c.database != old.database || c.sudoersDir != old.sudoersDir {
+                engine.logger.warning("reload: socket, database and sudoers_dir changes take effect at the next restart")
+                c.socket = old.socket
+                c.database = old.database
+                c.sudoersDir = old.sudoersDir
+            }
+            engine.replaceConfig(c)
+            engine.logger.notice("reloaded \(configPath)")
+            engine.schedulerWaker.wake()
+        } catch {
+            engine.logger.error("reload refused, the old config stays in force: \(error.description)")
+        }
+    }
+
+    /// The expiry scheduler: sleeps until the store's next deadline (or a wake-up when a new one appears),
+    /// expires what is due, and reconciles at least every `reconcileInterval` seconds. No periodic sweep
+    /// decides expiry: the timer is set from the next `expires_at`.
+    func schedule() {
+        var nextReconcile = Date().addingTimeInterval(reconcileInterval)
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            let next = engine.expireDue()
+            if Date() >= nextReconcile {
+                engine.reconcile()
+                nextReconcile = Date().addingTimeInterval(reconcileInterval)
+            }
+            var until = nextReconcile
+            if let n = next, n < until { until = n }
+            engine.schedulerWaker.wait(timeout: max(0.001, until.timeIntervalSinceNow))
+        }
+    }
+}

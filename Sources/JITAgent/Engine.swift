@@ -1,0 +1,448 @@
+public import Foundation
+public import JITCore
+public import Logging
+import Synchronization
+
+/// What happens outside the database when a grant starts or ends (sudoers files, sessions).
+/// The sudoers helper implements it; tests use a recorder.
+public protocol GrantEffects: Sendable {
+    /// Called after a grant is stored. Throwing makes the grant fail (it is revoked at once).
+    func started(_ g: Grant) throws(JITError)
+    /// Called after a grant ended (expired or revoked).
+    func ended(_ g: Grant)
+    /// Called at start-up and periodically with every active grant: make the outside world match.
+    func reconcile(active: [Grant])
+}
+
+public struct NoEffects: GrantEffects {
+    public init() {}
+    public func started(_ g: Grant) throws(JITError) {}
+    public func ended(_ g: Grant) {}
+    public func reconcile(active: [Grant]) {}
+}
+
+/// The agent's logic: every operation of the protocol, authorised against the kernel-given caller,
+/// applied to the store through the life-cycle rules. Thread-safe: the server calls it from one thread
+/// per connection.
+public final class Engine: Sendable {
+    public let store: Store
+    public let clock: any JITClock
+    public let directory: any UserDirectory
+    public let effects: any GrantEffects
+    public let logger: Logger
+    public let startedAt: Date
+    let configBox: Mutex<Config>
+    let waiters = Mutex<[Int64: [Waker]]>([:])
+    /// Woken whenever a new deadline may be earlier than the one the scheduler sleeps towards.
+    public let schedulerWaker = Waker()
+
+    public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
+                effects: any GrantEffects = NoEffects(), logger: Logger = Logger(label: "jitd")) {
+        self.configBox = Mutex(config)
+        self.store = store
+        self.clock = clock
+        self.directory = directory
+        self.effects = effects
+        self.logger = logger
+        self.startedAt = clock.now()
+    }
+
+    public var config: Config { configBox.withLock { $0 } }
+
+    /// Swaps in a new, already validated config (SIGHUP). Pending requests and connections are untouched.
+    public func replaceConfig(_ c: Config) { configBox.withLock { $0 = c } }
+
+    // MARK: dispatch
+
+    /// Handles one request message from `caller` and returns the reply. Never throws: every failure is an
+    /// error reply, and a failed operation changes nothing.
+    public func handle(_ m: Message, from caller: Identity) -> Message {
+        do {
+            return try dispatch(m, caller)
+        } catch {
+            if error.code == .internal { logger.error("\(m.word) from \(caller.name): \(error.message)") }
+            return .error(error.code, error.message)
+        }
+    }
+
+    func dispatch(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        do {
+            switch m.word {
+            case "hello":
+                try m.onlyKeys([])
+                return Message("ok", [("version", String(Wire.version)), ("agent", "jitd \(JITVersion.string)"), ("environment", config.environment)])
+            case "check":
+                try m.onlyKeys(["user", "service", "rhost", "tty", "pid", "file", "reason", "command"])
+                return try check(m, c)
+            case "cancel":
+                try m.onlyKeys(["request"])
+                let r = try cancel(id: try id(m, "request"), by: c, why: nil)
+                return Message("ok", r.fields)
+            case "session_open":
+                try m.onlyKeys(["user", "service", "rhost", "tty", "pid"])
+                return try sessionOpen(m, c)
+            case "session_close":
+                try m.onlyKeys(["session", "user", "service", "pid"])
+                return try sessionClose(m, c)
+            case "request":
+                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user"])
+                return Message("ok", try fileRequest(m, c).fields)
+            case "list":
+                try m.onlyKeys(["pending", "mine"])
+                let mine = try m.bool("mine")
+                let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
+                let rs = try store.requests(user: everyone ? nil : c.name, pendingOnly: try m.bool("pending"))
+                return Message("ok", [("count", String(rs.count))], records: rs.map(\.fields))
+            case "show":
+                try m.onlyKeys(["id"])
+                let r = try loadRequest(try id(m, "id"))
+                guard r.user == c.name || c.isRoot || config.policy.isApprover(c) else {
+                    throw JITError(.unauthorized, "request \(r.id) is not yours; only its owner, root and approvers may see it")
+                }
+                return Message("ok", r.fields)
+            case "approve":
+                try m.onlyKeys(["id", "comment"])
+                let d = try approve(id: try id(m, "id"), by: c, comment: try comment(m))
+                var f = d.request.fields
+                f.append(("approvals_needed", String(max(0, config.policy.approvalsRequired - d.request.approvals.count))))
+                return Message("ok", f)
+            case "deny":
+                try m.onlyKeys(["id", "comment"])
+                return Message("ok", try deny(id: try id(m, "id"), by: c, comment: try comment(m)).fields)
+            case "grants":
+                try m.onlyKeys(["active", "mine"])
+                let mine = try m.bool("mine")
+                let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
+                let gs = try store.grants(user: everyone ? nil : c.name, activeOnly: try m.bool("active"))
+                return Message("ok", [("count", String(gs.count))], records: gs.map(\.fields))
+            case "revoke":
+                try m.onlyKeys(["id"])
+                return Message("ok", try revoke(grantID: try id(m, "id"), by: c).fields)
+            case "status":
+                try m.onlyKeys([])
+                return try status()
+            case "wait":
+                throw JITError(.badRequest, "'wait' is handled by the server")
+            default:
+                throw JITError(.badRequest, "the operation '\(m.word)' is not known; see docs/PROTOCOL.md")
+            }
+        } catch let e as WireError {
+            throw JITError(e)
+        } catch let e as JITError {
+            throw e
+        } catch {
+            throw JITError(.internal, "\(error)")
+        }
+    }
+
+    func id(_ m: Message, _ key: String) throws(JITError) -> Int64 {
+        guard let s = m[key] else { throw JITError(.badRequest, "the field '\(key)' is missing") }
+        guard let n = Int64(s), n > 0 else { throw JITError(.invalid, "'\(s)' is not a request or grant ID; IDs are positive whole numbers") }
+        return n
+    }
+
+    func comment(_ m: Message) throws(JITError) -> String? {
+        guard let c = m["comment"] else { return nil }
+        guard c.utf8.count <= Limits.commentBytes else { throw JITError(.invalid, "the comment is over \(Limits.commentBytes) bytes; shorten it") }
+        guard !c.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw JITError(.invalid, "the comment contains control characters; write it on one line")
+        }
+        return c.isEmpty ? nil : c
+    }
+
+    func loadRequest(_ id: Int64) throws(JITError) -> AccessRequest {
+        guard let r = try store.request(id: id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
+        return r
+    }
+
+    // MARK: requests
+
+    func fileRequest(_ m: Message, _ c: Identity) throws(JITError) -> AccessRequest {
+        var who = c
+        if let u = m["user"], u != c.name {
+            guard c.isRoot else { throw JITError(.unauthorized, "only root may file a request for another user") }
+            guard let t = directory.user(name: u) else { throw JITError(.notFound, "there is no user '\(u)' on this host") }
+            who = t
+        }
+        guard let f = m["for"] else { throw JITError(.badRequest, "the field 'for' (duration in seconds) is missing") }
+        guard let secs = Int64(f) else { throw JITError(.invalid, "the duration '\(f)' is not a whole number of seconds") }
+        guard secs > 0 else { throw JITError(.invalid, "the duration must be at least 1s; use --for like 30m or 1h") }
+        let scope: Scope
+        do { scope = try Scope(name: m["scope"] ?? "login", commands: m.all("command")) } catch { throw JITError(error) }
+        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "")
+        return try file(draft, for: who)
+    }
+
+    /// Admits a draft against the policy and stores it as pending.
+    public func file(_ d: Draft, for who: Identity) throws(JITError) -> AccessRequest {
+        let cfg = config
+        let a = try cfg.policy.admit(d, from: who, hostEnvironment: cfg.environment)
+        let now = clock.now()
+        let r = AccessRequest(
+            user: who.name, uid: who.uid, environment: a.environment ?? cfg.environment, scope: a.scope, runAs: a.runAs ?? "",
+            duration: a.duration ?? cfg.policy.defaultDuration, reason: a.reason, createdAt: now,
+            expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: "default", rhost: d.rhost, service: d.service)
+        let stored = try store.insert(r)
+        logger.info("request \(stored.id) filed by \(who.name): \(stored.scope.summary) for \(Durations.format(stored.duration))")
+        schedulerWaker.wake()
+        return stored
+    }
+
+    public func cancel(id: Int64, by c: Identity, why: String?) throws(JITError) -> AccessRequest {
+        let r = try store.end(id: id, as: .cancelled, by: c.name, comment: why, at: clock.now()) { r throws(JITError) in
+            guard r.user == c.name || c.isRoot else {
+                throw JITError(.unauthorized, "request \(r.id) is not yours; only its owner or root may cancel it")
+            }
+        }
+        logger.info("request \(id) cancelled by \(c.name)")
+        notifyWaiters(id)
+        return r
+    }
+
+    public func approve(id: Int64, by c: Identity, comment: String?) throws(JITError) -> Store.Decision {
+        let policy = config.policy
+        let d = try store.approve(id: id, by: c.name, comment: comment, at: clock.now(), required: policy.approvalsRequired,
+                                  noPassword: policy.noPassword) { r throws(JITError) in
+            try policy.mayDecide(r, by: c)
+        }
+        guard let g = d.grant else {
+            logger.info("request \(id): approval by \(c.name) counted (\(d.request.approvals.count) of \(policy.approvalsRequired))")
+            return d
+        }
+        do {
+            try effects.started(g)
+        } catch {
+            logger.error("grant \(g.id) failed: \(error.message)")
+            _ = try? store.endGrant(id: g.id, as: .revoked, by: "jitd (failed: \(error.message))", at: clock.now())
+            notifyWaiters(id)
+            throw JITError(.internal, "request \(id) was approved but grant \(g.id) could not be put in place (\(error.message)); it was revoked. Fix the cause and ask the user to request again")
+        }
+        logger.info("request \(id) approved by \(c.name): grant \(g.id) until \(Timestamps.format(g.expiresAt))")
+        notifyWaiters(id)
+        schedulerWaker.wake()
+        return d
+    }
+
+    public func deny(id: Int64, by c: Identity, comment: String?) throws(JITError) -> AccessRequest {
+        let policy = config.policy
+        let r = try store.end(id: id, as: .denied, by: c.name, comment: comment, at: clock.now()) { r throws(JITError) in
+            try policy.mayDecide(r, by: c)
+        }
+        logger.info("request \(id) denied by \(c.name)")
+        notifyWaiters(id)
+        return r
+    }
+
+    public func revoke(grantID: Int64, by c: Identity) throws(JITError) -> Grant {
+        guard c.isRoot || config.policy.isApprover(c) else {
+            throw JITError(.unauthorized, "only root or an approver may revoke a grant")
+        }
+        let g = try store.endGrant(id: grantID, as: .revoked, by: c.name, at: clock.now())
+        effects.ended(g)
+        logger.info("grant \(grantID) revoked by \(c.name)")
+        schedulerWaker.wake()
+        return g
+    }
+
+    // MARK: the PAM question
+
+    func check(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        let user = try field(m, "user")
+        let service = try field(m, "service")
+        guard c.isRoot || c.name == user else {
+            throw JITError(.unauthorized, "only root may ask about another user")
+        }
+        let rhost = m["rhost"] ?? ""
+        let tty = m["tty"] ?? ""
+        guard rhost.utf8.count <= 256, tty.utf8.count <= 256, service.utf8.count <= 64 else {
+            throw JITError(.badRequest, "rhost, tty or service is too long")
+        }
+        let cfg = config
+        guard let who = directory.user(name: user) else {
+            return Message("ok", [("decision", "deny"), ("message", "access denied: there is no user '\(user)' on this host")])
+        }
+        guard cfg.policy.gates(who) else {
+            return Message("ok", [("decision", "ignore"), ("message", "\(user) is not gated by jit-access on this host")])
+        }
+        let kind = ServiceKind(service: service)
+        let now = clock.now()
+        if let g = try store.coveringGrant(user: user, kind: kind, now: now) {
+            return Message("ok", [
+                ("decision", "allow"), ("grant", String(g.id)), ("expires_at", Timestamps.format(g.expiresAt)),
+                ("message", "access granted by grant \(g.id) until \(Timestamps.format(g.expiresAt))"),
+            ])
+        }
+        if let r = try store.pendingRequest(user: user, kind: kind) {
+            return pendingReply(r)
+        }
+        let what = kind == .sudo ? "sudo" : "login"
+        guard try m.boolField("file") else {
+            return Message("ok", [("decision", "deny"), ("message", "no active \(what) grant for \(user) in \(cfg.environment); request one with: jit request --for 1h --reason TEXT\(kind == .sudo ? " --sudo" : "")")])
+        }
+        var reason = (m["reason"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        if reason.isEmpty {
+            reason = "(no reason given) \(service) \(what) attempt" + (rhost.isEmpty ? "" : " from \(rhost)")
+        }
+        let draft = Draft(scope: kind == .sudo ? .sudo : .login, reason: reason, rhost: rhost, service: service)
+        do {
+            let r = try file(draft, for: who)
+            return pendingReply(r)
+        } catch {
+            return Message("ok", [("decision", "deny"), ("message", "access denied: \(error.message)")])
+        }
+    }
+
+    func pendingReply(_ r: AccessRequest) -> Message {
+        Message("ok", [
+            ("decision", "pending"), ("request", String(r.id)), ("expires_at", Timestamps.format(r.expiresAt)),
+            ("message", "request \(r.id) is waiting for approval; an approver runs: jit approve \(r.id)"),
+        ])
+    }
+
+    func field(_ m: Message, _ key: String) throws(JITError) -> String {
+        guard let v = m[key], !v.isEmpty else { throw JITError(.badRequest, "the field '\(key)' is missing") }
+        return v
+    }
+
+    // MARK: waiting
+
+    /// Where a wait stands: decided (with the reply) or still pending.
+    public enum WaitState: Sendable {
+        case decided(Message)
+        case pending(AccessRequest)
+    }
+
+    /// The reply a waiter gets for the request as it is now.
+    public func waitState(id: Int64, caller c: Identity) throws(JITError) -> WaitState {
+        let r = try loadRequest(id)
+        guard r.user == c.name || c.isRoot else {
+            throw JITError(.unauthorized, "request \(id) is not yours; only its owner or root may wait for it")
+        }
+        switch r.state {
+        case .pending:
+            return .pending(r)
+        case .approved:
+            if let gid = r.grantID, let g = try store.grant(id: gid), g.state == .active, g.expiresAt > clock.now() {
+                return .decided(Message("ok", [
+                    ("decision", "allow"), ("request", String(id)), ("state", r.state.rawValue), ("grant", String(g.id)),
+                    ("expires_at", Timestamps.format(g.expiresAt)),
+                    ("message", "request \(id) approved by \(r.decidedBy ?? "an approver"): access until \(Timestamps.format(g.expiresAt))"),
+                ]))
+            }
+            return .decided(Message("ok", [("decision", "deny"), ("request", String(id)), ("state", "approved"),
+                                           ("message", "request \(id) was approved but its grant is no longer active")]))
+        case .denied, .cancelled, .expired:
+            var msg = "request \(id) was \(r.state.rawValue)"
+            if let b = r.decidedBy, r.state != .expired { msg += " by \(b)" }
+            if let cm = r.comment, !cm.isEmpty { msg += ": \(cm)" }
+            return .decided(Message("ok", [("decision", "deny"), ("request", String(id)), ("state", r.state.rawValue), ("message", msg)]))
+        }
+    }
+
+    /// Registers a waker for a request's decision. Register first, then read the state, so no decision is missed.
+    public func register(_ w: Waker, for id: Int64) {
+        waiters.withLock { $0[id, default: []].append(w) }
+    }
+
+    public func unregister(_ w: Waker, for id: Int64) {
+        waiters.withLock { d in
+            d[id]?.removeAll { $0 === w }
+            if d[id]?.isEmpty == true { d[id] = nil }
+        }
+    }
+
+    func notifyWaiters(_ id: Int64) {
+        let ws = waiters.withLock { $0[id] ?? [] }
+        for w in ws { w.wake() }
+    }
+
+    public var waiterCount: Int { waiters.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+
+    // MARK: sessions
+
+    func sessionOpen(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        guard c.isRoot else { throw JITError(.unauthorized, "only root (the PAM module) reports sessions") }
+        let user = try field(m, "user"), service = try field(m, "service")
+        guard let pidS = m["pid"], let pid = Int32(pidS), pid > 1 else { throw JITError(.badRequest, "the field 'pid' must be a process ID") }
+        let now = clock.now()
+        let g = try store.coveringGrant(user: user, kind: ServiceKind(service: service), now: now)
+        let sid = try store.openSession(grantID: g?.id, user: user, service: service, rhost: m["rhost"] ?? "", tty: m["tty"] ?? "", pid: pid, at: now)
+        schedulerWaker.wake()
+        return Message("ok", [("session", String(sid)), ("grant", String(g?.id ?? 0))])
+    }
+
+    func sessionClose(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        guard c.isRoot else { throw JITError(.unauthorized, "only root (the PAM module) reports sessions") }
+        let found: Bool
+        if let s = m["session"] {
+            guard let sid = Int64(s) else { throw JITError(.badRequest, "the field 'session' must be a whole number") }
+            found = try store.closeSession(id: sid, user: nil, service: nil, pid: nil, at: clock.now())
+        } else {
+            let user = try field(m, "user"), service = try field(m, "service")
+            guard let pidS = m["pid"], let pid = Int32(pidS) else { throw JITError(.badRequest, "the field 'pid' must be a process ID") }
+            found = try store.closeSession(id: nil, user: user, service: service, pid: pid, at: clock.now())
+        }
+        return Message("ok", [("closed", found ? "1" : "0")])
+    }
+
+    // MARK: status
+
+    func status() throws(JITError) -> Message {
+        let cfg = config
+        let (p, a) = try store.counts()
+        var f: [(String, String)] = [
+            ("version", JITVersion.string), ("environment", cfg.environment),
+            ("uptime", String(Int64(clock.now().timeIntervalSince(startedAt)))), ("pending", String(p)), ("active_grants", String(a)),
+            ("database", store.path), ("socket", cfg.socket), ("waiters", String(waiterCount)),
+        ]
+        if let n = try store.nextDeadline() { f.append(("next_expiry", Timestamps.format(n))) }
+        return Message("ok", f)
+    }
+
+    // MARK: expiry
+
+    /// Expires what is due now: pending requests past their TTL and grants past their end. Returns the
+    /// next deadline. The scheduler calls this when its timer fires; tests call it with a manual clock.
+    @discardableResult
+    public func expireDue() -> Date? {
+        let now = clock.now()
+        do {
+            for r in try store.expirePending(now: now) {
+                logger.info("request \(r.id) expired unanswered")
+                notifyWaiters(r.id)
+            }
+            for g in try store.dueGrants(now: now) {
+                do {
+                    let ended = try store.endGrant(id: g.id, as: .expired, by: nil, at: now)
+                    effects.ended(ended)
+                    logger.info("grant \(g.id) of \(g.user) expired")
+                } catch {
+                    logger.warning("grant \(g.id): \(error.message)")
+                }
+            }
+            return try store.nextDeadline()
+        } catch {
+            logger.error("expiry: \(error.message)")
+            return now.addingTimeInterval(1)
+        }
+    }
+
+    /// Puts the outside world (sudoers files) in line with the store's active grants.
+    public func reconcile() {
+        do {
+            effects.reconcile(active: try store.activeGrants().filter { $0.expiresAt > clock.now() })
+        } catch {
+            logger.error("reconcile: \(error.message)")
+        }
+    }
+}
+
+extension Message {
+    func boolField(_ key: String) throws(JITError) -> Bool {
+        do { return try bool(key) } catch { throw JITError(error) }
+    }
+}
+
+public enum JITVersion {
+    public static let string = "0.1.0"
+}

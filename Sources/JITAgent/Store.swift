@@ -1,0 +1,432 @@
+public import Foundation
+import GRDB
+public import JITCore
+
+/// Where requests, approvals, grants and sessions live. SQLite through GRDB, WAL mode, `synchronous=FULL`:
+/// every state change is one transaction, committed before the caller hears about it, so a SIGKILL at any
+/// moment loses nothing that was answered and leaves nothing half-written.
+public final class Store: Sendable {
+    public let path: String
+    let pool: DatabasePool
+
+    /// Opens (and migrates) the database. Refuses, with a sentence naming the file, a database that is
+    /// read-only, corrupt, or not ours.
+    public init(path: String) throws(JITError) {
+        self.path = path
+        let dir = (path as NSString).deletingLastPathComponent
+        if !FileManager.default.fileExists(atPath: dir) {
+            do {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw JITError(.internal, "cannot create the database folder \(dir): \(error.localizedDescription); set 'database' in the config or --database to a writable path")
+            }
+        }
+        if FileManager.default.fileExists(atPath: path) && access(path, W_OK) != 0 {
+            throw JITError(.internal, "the database \(path) is read-only (\(String(cString: strerror(errno)))); fix its permissions or point 'database' at a writable file")
+        }
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        config.label = "jit"
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try Store.migrator.migrate(pool)
+            try pool.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM requests") }
+        } catch let e as DatabaseError {
+            throw JITError(.internal, "cannot use the database \(path): \(Store.explain(e)); restore it from a backup or move it away to start afresh")
+        } catch {
+            throw JITError(.internal, "cannot use the database \(path): \(error)")
+        }
+    }
+
+    static func explain(_ e: DatabaseError) -> String {
+        switch e.resultCode {
+        case .SQLITE_NOTADB: return "it is not a SQLite database (or it is corrupt)"
+        case .SQLITE_CORRUPT: return "it is corrupt"
+        case .SQLITE_READONLY: return "it is read-only"
+        case .SQLITE_CANTOPEN: return "it cannot be opened"
+        case .SQLITE_FULL: return "the disk is full"
+        default: return e.message ?? "\(e.resultCode)"
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE requests (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    user TEXT NOT NULL, uid INTEGER NOT NULL, environment TEXT NOT NULL,
+                    scope TEXT NOT NULL CHECK (scope IN ('login','sudo','commands')),
+                    commands TEXT NOT NULL DEFAULT '', runas TEXT NOT NULL, duration INTEGER NOT NULL CHECK (duration > 0),
+                    reason TEXT NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('pending','approved','denied','cancelled','expired')),
+                    created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                    decided_at INTEGER, decided_by TEXT, comment TEXT,
+                    rule TEXT NOT NULL DEFAULT 'default', rhost TEXT NOT NULL DEFAULT '', service TEXT NOT NULL DEFAULT ''
+                );
+                CREATE INDEX requests_pending ON requests(state, expires_at);
+                CREATE INDEX requests_user ON requests(user, state);
+                CREATE TABLE approvals (
+                    request_id INTEGER NOT NULL REFERENCES requests(id),
+                    approver TEXT NOT NULL, at INTEGER NOT NULL, comment TEXT,
+                    PRIMARY KEY (request_id, approver)
+                );
+                CREATE TABLE grants (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    request_id INTEGER NOT NULL UNIQUE REFERENCES requests(id),
+                    user TEXT NOT NULL, uid INTEGER NOT NULL, environment TEXT NOT NULL,
+                    scope TEXT NOT NULL, commands TEXT NOT NULL DEFAULT '', runas TEXT NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('active','expired','revoked')),
+                    starts_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                    ended_at INTEGER, ended_by TEXT, nopasswd INTEGER NOT NULL DEFAULT 1
+                );
+                CREATE INDEX grants_active ON grants(state, expires_at);
+                CREATE INDEX grants_user ON grants(user, state);
+                CREATE TABLE sessions (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    grant_id INTEGER, user TEXT NOT NULL, service TEXT NOT NULL, rhost TEXT NOT NULL,
+                    tty TEXT NOT NULL, pid INTEGER NOT NULL, opened_at INTEGER NOT NULL, closed_at INTEGER,
+                    warned_at INTEGER, ended_by TEXT
+                );
+                CREATE INDEX sessions_open ON sessions(grant_id, closed_at);
+                """)
+        }
+        return m
+    }
+
+    // MARK: rows
+
+    static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service"
+
+    static func scope(_ name: String, _ commands: String) -> Scope {
+        switch name {
+        case "login": .login
+        case "sudo": .sudo
+        default: .commands(commands.split(separator: "\n").map(String.init))
+        }
+    }
+
+    func request(from row: Row, _ db: Database) throws -> AccessRequest {
+        let id: Int64 = row["id"]
+        let approvals = try String.fetchAll(db, sql: "SELECT approver FROM approvals WHERE request_id = ? ORDER BY at, approver", arguments: [id])
+        let grantID = try Int64.fetchOne(db, sql: "SELECT id FROM grants WHERE request_id = ?", arguments: [id])
+        return AccessRequest(
+            id: id, user: row["user"], uid: UInt32(truncatingIfNeeded: row["uid"] as Int64), environment: row["environment"],
+            scope: Store.scope(row["scope"], row["commands"]), runAs: row["runas"], duration: row["duration"],
+            reason: row["reason"], state: RequestState(rawValue: row["state"]) ?? .expired,
+            createdAt: Timestamps.date(millis: row["created_at"]), expiresAt: Timestamps.date(millis: row["expires_at"]),
+            decidedAt: (row["decided_at"] as Int64?).map(Timestamps.date(millis:)), decidedBy: row["decided_by"],
+            comment: row["comment"], rule: row["rule"], rhost: row["rhost"], service: row["service"],
+            approvals: approvals, grantID: grantID)
+    }
+
+    static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd"
+
+    static func grant(from row: Row) -> Grant {
+        Grant(
+            id: row["id"], requestID: row["request_id"], user: row["user"], uid: UInt32(truncatingIfNeeded: row["uid"] as Int64),
+            environment: row["environment"], scope: scope(row["scope"], row["commands"]), runAs: row["runas"],
+            state: GrantState(rawValue: row["state"]) ?? .expired,
+            startsAt: Timestamps.date(millis: row["starts_at"]), expiresAt: Timestamps.date(millis: row["expires_at"]),
+            endedAt: (row["ended_at"] as Int64?).map(Timestamps.date(millis:)), endedBy: row["ended_by"],
+            noPassword: (row["nopasswd"] as Int64) != 0)
+    }
+
+    /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
+    func write<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
+        do {
+            return try pool.write { db in try body(db) }
+        } catch let e as JITError {
+            throw e
+        } catch let e as TransitionError {
+            throw JITError(e)
+        } catch let e as DatabaseError {
+            throw JITError(.internal, "the database \(path) refused the change (\(Store.explain(e))); nothing was changed")
+        } catch {
+            throw JITError(.internal, "the change failed (\(error)); nothing was changed")
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
+        do {
+            return try pool.read { db in try body(db) }
+        } catch let e as JITError {
+            throw e
+        } catch let e as DatabaseError {
+            throw JITError(.internal, "the database \(path) could not be read (\(Store.explain(e)))")
+        } catch {
+            throw JITError(.internal, "reading the database failed (\(error))")
+        }
+    }
+
+    // MARK: requests
+
+    /// Stores a new pending request.
+    public func insert(_ r: AccessRequest) throws(JITError) -> AccessRequest {
+        try write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO requests (user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, rule, rhost, service)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    r.user, Int64(r.uid), r.environment, r.scope.name, r.scope.commands.joined(separator: "\n"), r.runAs,
+                    r.duration, r.reason, Timestamps.millis(r.createdAt), Timestamps.millis(r.expiresAt), r.rule, r.rhost, r.service,
+                ])
+            var out = r
+            out.id = db.lastInsertedRowID
+            out.state = .pending
+            return out
+        }
+    }
+
+    public func request(id: Int64) throws(JITError) -> AccessRequest? {
+        try read { db in try self.loadRequest(db, id) }
+    }
+
+    func loadRequest(_ db: Database, _ id: Int64) throws -> AccessRequest? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT \(Store.requestColumns) FROM requests WHERE id = ?", arguments: [id]) else { return nil }
+        return try request(from: row, db)
+    }
+
+    /// Requests, newest first; `user` nil means everyone's.
+    public func requests(user: String?, pendingOnly: Bool, limit: Int = 500) throws(JITError) -> [AccessRequest] {
+        try read { db in
+            var sql = "SELECT \(Store.requestColumns) FROM requests WHERE 1"
+            var args: [any DatabaseValueConvertible] = []
+            if let user { sql += " AND user = ?"; args.append(user) }
+            if pendingOnly { sql += " AND state = 'pending'" }
+            sql += " ORDER BY id DESC LIMIT ?"
+            args.append(limit)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { try self.request(from: $0, db) }
+        }
+    }
+
+    /// The user's newest pending request that would cover `kind`, to join instead of filing another.
+    public func pendingRequest(user: String, kind: ServiceKind) throws(JITError) -> AccessRequest? {
+        try read { db in
+            let sql = kind == .sudo
+                ? "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND scope != 'login' ORDER BY id DESC LIMIT 1"
+                : "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' ORDER BY id DESC LIMIT 1"
+            return try Row.fetchOne(db, sql: sql, arguments: [user]).map { try self.request(from: $0, db) }
+        }
+    }
+
+    /// What a decision did.
+    public struct Decision: Sendable {
+        public var request: AccessRequest
+        public var grant: Grant?
+        /// False when an approval was counted but more are needed.
+        public var decided: Bool
+    }
+
+    /// Records one approval, and approves the request (creating its grant) once `required` distinct
+    /// approvers have approved. `authorize` runs inside the transaction on the current request.
+    public func approve(
+        id: Int64, by approver: String, comment: String?, at now: Date, required: Int, noPassword: Bool,
+        authorize: (AccessRequest) throws(JITError) -> Void
+    ) throws(JITError) -> Decision {
+        try write { db in
+            guard var r = try self.loadRequest(db, id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
+            try authorize(r)
+            guard r.state == .pending else { _ = try r.state.transition(to: .approved); fatalError("unreachable") }
+            if r.approvals.contains(approver) {
+                throw JITError(.conflict, "\(approver) has already approved request \(id); another approver must approve it too")
+            }
+            try db.execute(sql: "INSERT INTO approvals (request_id, approver, at, comment) VALUES (?, ?, ?, ?)",
+                arguments: [id, approver, Timestamps.millis(now), comment])
+            r.approvals.append(approver)
+            guard r.approvals.count >= required else { return Decision(request: r, grant: nil, decided: false) }
+            r.state = try r.state.transition(to: .approved)
+            r.decidedAt = now
+            r.decidedBy = approver
+            r.comment = comment
+            try db.execute(sql: "UPDATE requests SET state = ?, decided_at = ?, decided_by = ?, comment = ? WHERE id = ?",
+                arguments: [r.state.rawValue, Timestamps.millis(now), approver, comment, id])
+            var g = Grant(
+                requestID: r.id, user: r.user, uid: r.uid, environment: r.environment, scope: r.scope, runAs: r.runAs,
+                startsAt: now, expiresAt: now.addingTimeInterval(Double(r.duration)), noPassword: noPassword)
+            try db.execute(
+                sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+                arguments: [g.requestID, g.user, Int64(g.uid), g.environment, g.scope.name, g.scope.commands.joined(separator: "\n"), g.runAs,
+                            Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0])
+            g.id = db.lastInsertedRowID
+            r.grantID = g.id
+            return Decision(request: r, grant: g, decided: true)
+        }
+    }
+
+    /// Ends a pending request as denied, cancelled or expired (the transition is checked in `RequestState`).
+    public func end(
+        id: Int64, as next: RequestState, by who: String?, comment: String?, at now: Date,
+        authorize: (AccessRequest) throws(JITError) -> Void
+    ) throws(JITError) -> AccessRequest {
+        try write { db in
+            guard var r = try self.loadRequest(db, id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
+            try authorize(r)
+            r.state = try r.state.transition(to: next)
+            r.decidedAt = now
+            r.decidedBy = who
+            r.comment = comment
+            try db.execute(sql: "UPDATE requests SET state = ?, decided_at = ?, decided_by = ?, comment = ? WHERE id = ?",
+                arguments: [r.state.rawValue, Timestamps.millis(now), who, comment, id])
+            return r
+        }
+    }
+
+    /// Expires every pending request whose time is up; returns them.
+    public func expirePending(now: Date) throws(JITError) -> [AccessRequest] {
+        try write { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT \(Store.requestColumns) FROM requests WHERE state = 'pending' AND expires_at <= ?", arguments: [Timestamps.millis(now)])
+            var out: [AccessRequest] = []
+            for row in rows {
+                var r = try self.request(from: row, db)
+                r.state = try r.state.transition(to: .expired)
+                r.decidedAt = now
+                try db.execute(sql: "UPDATE requests SET state = 'expired', decided_at = ? WHERE id = ?", arguments: [Timestamps.millis(now), r.id])
+                out.append(r)
+            }
+            return out
+        }
+    }
+
+    // MARK: grants
+
+    public func grant(id: Int64) throws(JITError) -> Grant? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE id = ?", arguments: [id]).map(Store.grant(from:))
+        }
+    }
+
+    public func grants(user: String?, activeOnly: Bool, limit: Int = 500) throws(JITError) -> [Grant] {
+        try read { db in
+            var sql = "SELECT \(Store.grantColumns) FROM grants WHERE 1"
+            var args: [any DatabaseValueConvertible] = []
+            if let user { sql += " AND user = ?"; args.append(user) }
+            if activeOnly { sql += " AND state = 'active'" }
+            sql += " ORDER BY id DESC LIMIT ?"
+            args.append(limit)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.grant(from:))
+        }
+    }
+
+    /// Every active grant (the expiry scheduler and the sudoers reconciler work from this).
+    public func activeGrants() throws(JITError) -> [Grant] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE state = 'active' ORDER BY expires_at").map(Store.grant(from:))
+        }
+    }
+
+    /// The check path: the user's active, unexpired grant that covers `kind`, latest expiry first.
+    public func coveringGrant(user: String, kind: ServiceKind, now: Date) throws(JITError) -> Grant? {
+        try read { db in
+            let sql = kind == .sudo
+                ? "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? AND scope != 'login' ORDER BY expires_at DESC LIMIT 1"
+                : "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1"
+            return try Row.fetchOne(db, sql: sql, arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
+        }
+    }
+
+    /// Ends an active grant as expired or revoked.
+    public func endGrant(id: Int64, as next: GrantState, by who: String?, at now: Date) throws(JITError) -> Grant {
+        try write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE id = ?", arguments: [id]) else {
+                throw JITError(.notFound, "there is no grant \(id); list grants with 'jit grants'")
+            }
+            var g = Store.grant(from: row)
+            g.state = try g.state.transition(to: next)
+            g.endedAt = now
+            g.endedBy = who
+            try db.execute(sql: "UPDATE grants SET state = ?, ended_at = ?, ended_by = ? WHERE id = ?",
+                arguments: [g.state.rawValue, Timestamps.millis(now), who, id])
+            return g
+        }
+    }
+
+    /// Active grants whose time is up.
+    public func dueGrants(now: Date) throws(JITError) -> [Grant] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE state = 'active' AND expires_at <= ?", arguments: [Timestamps.millis(now)]).map(Store.grant(from:))
+        }
+    }
+
+    /// The next moment something is due: a pending request's or an active grant's expiry.
+    public func nextDeadline() throws(JITError) -> Date? {
+        try read { db in
+            let a = try Int64.fetchOne(db, sql: "SELECT min(expires_at) FROM requests WHERE state = 'pending'")
+            let b = try Int64.fetchOne(db, sql: "SELECT min(expires_at) FROM grants WHERE state = 'active'")
+            return [a, b].compactMap { $0 }.min().map(Timestamps.date(millis:))
+        }
+    }
+
+    public func counts() throws(JITError) -> (pending: Int, active: Int) {
+        try read { db in
+            (try Int.fetchOne(db, sql: "SELECT count(*) FROM requests WHERE state = 'pending'") ?? 0,
+             try Int.fetchOne(db, sql: "SELECT count(*) FROM grants WHERE state = 'active'") ?? 0)
+        }
+    }
+
+    // MARK: sessions
+
+    public struct Session: Sendable, Equatable {
+        public var id: Int64
+        public var grantID: Int64?
+        public var user: String
+        public var service: String
+        public var rhost: String
+        public var tty: String
+        public var pid: Int32
+        public var openedAt: Date
+        public var closedAt: Date?
+        public var warnedAt: Date?
+    }
+
+    static func session(from row: Row) -> Session {
+        Session(
+            id: row["id"], grantID: row["grant_id"], user: row["user"], service: row["service"], rhost: row["rhost"], tty: row["tty"],
+            pid: Int32(truncatingIfNeeded: row["pid"] as Int64), openedAt: Timestamps.date(millis: row["opened_at"]),
+            closedAt: (row["closed_at"] as Int64?).map(Timestamps.date(millis:)), warnedAt: (row["warned_at"] as Int64?).map(Timestamps.date(millis:)))
+    }
+
+    public func openSession(grantID: Int64?, user: String, service: String, rhost: String, tty: String, pid: Int32, at now: Date) throws(JITError) -> Int64 {
+        try write { db in
+            try db.execute(sql: "INSERT INTO sessions (grant_id, user, service, rhost, tty, pid, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [grantID, user, service, rhost, tty, Int64(pid), Timestamps.millis(now)])
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// Closes a session by id, or the newest open one matching user, service and pid. Returns whether one was found.
+    public func closeSession(id: Int64?, user: String?, service: String?, pid: Int32?, at now: Date, by: String? = nil) throws(JITError) -> Bool {
+        try write { db in
+            if let id {
+                try db.execute(sql: "UPDATE sessions SET closed_at = ?, ended_by = ? WHERE id = ? AND closed_at IS NULL", arguments: [Timestamps.millis(now), by, id])
+            } else {
+                try db.execute(sql: """
+                    UPDATE sessions SET closed_at = ?, ended_by = ? WHERE id = (SELECT id FROM sessions WHERE user = ? AND service = ? AND pid = ? AND closed_at IS NULL ORDER BY id DESC LIMIT 1)
+                    """, arguments: [Timestamps.millis(now), by, user, service, pid.map { Int64($0) }])
+            }
+            return db.changesCount > 0
+        }
+    }
+
+    public func openSessions(grantID: Int64) throws(JITError) -> [Session] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM sessions WHERE grant_id = ? AND closed_at IS NULL", arguments: [grantID]).map(Store.session(from:))
+        }
+    }
+
+    /// Open sessions under any grant (for expiry warnings).
+    public func openGrantSessions() throws(JITError) -> [Session] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM sessions WHERE grant_id IS NOT NULL AND closed_at IS NULL").map(Store.session(from:))
+        }
+    }
+
+    public func markWarned(sessionID: Int64, at now: Date) throws(JITError) {
+        try write { db in try db.execute(sql: "UPDATE sessions SET warned_at = ? WHERE id = ?", arguments: [Timestamps.millis(now), sessionID]) }
+    }
+}

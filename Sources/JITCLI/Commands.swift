@@ -1,0 +1,285 @@
+public import ArgumentParser
+import Foundation
+import JITCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `jit`: ask for, approve and inspect just-in-time access on this host.
+public struct JIT: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "jit",
+        abstract: "Ask for, approve and inspect just-in-time access (ssh login, sudo) on this host.",
+        discussion: """
+            jit talks to the local agent jitd over its Unix socket: --socket, then $JIT_SOCKET, then \(Config.defaultSocket).
+            Who you are comes from the kernel, not from anything you type.
+
+            EXIT CODES
+              0  success (for 'request --wait': access granted)
+              1  jitd refused or failed (the message says why)
+              2  usage error (bad option, bad duration)
+              3  'request --wait': not granted (denied, cancelled, expired, or still pending at --timeout)
+              4  jitd cannot be reached, or did not answer
+              5  not allowed (you are not the owner, not an approver, or it is your own request)
+              6  no such request or grant
+            """,
+        version: JITVersion.cliString,
+        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Status.self]
+    )
+    public init() {}
+
+    /// Runs the command tree; errors become one sentence on stderr and the documented exit code.
+    public static func runMain() -> Never {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+            Glibc.exit(0)
+        } catch let e as CLIError {
+            printErr("jit: \(e.message)")
+            Glibc.exit(e.code)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            printErr(fullMessage(for: error))
+            Glibc.exit(code == .validationFailure ? 2 : code.rawValue)
+        }
+    }
+}
+
+public enum JITVersion {
+    public static let cliString = "0.1.0"
+}
+
+func printErr(_ s: String) {
+    var b = Array((s.hasSuffix("\n") ? s : s + "\n").utf8)
+    _ = write(2, &b, b.count)
+}
+
+struct Connection: ParsableArguments {
+    @Option(help: "The jitd socket (default: $JIT_SOCKET, then \(Config.defaultSocket)).") var socket: String?
+
+    var path: String {
+        if let s = socket { return s }
+        if let e = ProcessInfo.processInfo.environment["JIT_SOCKET"], !e.isEmpty { return e }
+        return Config.defaultSocket
+    }
+
+    /// One request, one reply; an error reply becomes a CLIError.
+    func call(_ m: Message, timeout: Double = 10) throws(CLIError) -> Message {
+        let c = try Client(path: path)
+        defer { c.close() }
+        let r = try c.call(m, timeout: timeout)
+        guard r.isOK else { throw CLIError.from(r) }
+        return r
+    }
+}
+
+func parseID(_ s: String, _ what: String) throws -> Int64 {
+    guard let n = Int64(s), n > 0 else { throw ArgumentParser.ValidationError("'\(s)' is not a \(what) ID; IDs are positive whole numbers (see 'jit list' / 'jit grants')") }
+    return n
+}
+
+struct Request: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask for access: login (default), sudo for all commands (--sudo), or listed commands (--command).")
+
+    @OptionGroup var connection: Connection
+    @Option(name: .customLong("for"), help: "How long, like 90s, 30m, 1h30m.") var duration: String
+    @Option(help: "Why you need it (approvers see this).") var reason: String = ""
+    @Option(help: "Environment (default: this host's).") var env: String?
+    @Flag(help: "Ask for sudo with any command.") var sudo = false
+    @Option(name: .customLong("command"), help: "A command to run with sudo: an absolute path with exact arguments. Repeat for more.") var commands: [String] = []
+    @Option(help: "The user to run commands as (default root).") var runas: String?
+    @Flag(help: "Wait for the decision; exit 0 only when access is granted.") var wait = false
+    @Option(help: "With --wait: give up after this long (default 1h).") var timeout: String = "1h"
+    @Flag(help: "Print JSON.") var json = false
+
+    var seconds: Int64 = 0
+
+    mutating func validate() throws {
+        do { seconds = try Durations.parse(duration) } catch { throw ArgumentParser.ValidationError("--for: \(error.message)") }
+        if sudo && !commands.isEmpty { throw ArgumentParser.ValidationError("use either --sudo (all commands) or --command (listed ones), not both") }
+        if runas != nil && !sudo && commands.isEmpty { throw ArgumentParser.ValidationError("--runas goes with --sudo or --command") }
+        for c in commands where !c.hasPrefix("/") {
+            throw ArgumentParser.ValidationError("--command '\(c)' must be an absolute path, like /usr/bin/systemctl restart nginx")
+        }
+        if reason.utf8.count > Limits.reasonBytes { throw ArgumentParser.ValidationError("--reason is \(reason.utf8.count) bytes; keep it under \(Limits.reasonBytes)") }
+        if wait {
+            do { _ = try Durations.parse(timeout) } catch { throw ArgumentParser.ValidationError("--timeout: \(error.message)") }
+        }
+    }
+
+    func run() throws {
+        var m = Message("request", [("for", String(seconds)), ("reason", reason)])
+        m.add("scope", sudo ? "sudo" : (commands.isEmpty ? "login" : "commands"))
+        for c in commands { m.add("command", c) }
+        if let env { m.add("env", env) }
+        if let runas { m.add("runas", runas) }
+        let reply = try connection.call(m)
+        let r = RequestView(reply.fields)
+        if !wait {
+            if json { print(Output.json(r)) } else {
+                print("request \(r.id) filed: \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)); waiting for approval.")
+                print("An approver runs: jit approve \(r.id)")
+            }
+            return
+        }
+        if !json {
+            print("request \(r.id) filed: \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)).")
+            print("Waiting for approval (an approver runs: jit approve \(r.id)); Ctrl-C stops waiting and cancels it.")
+        }
+        let t = (try? Durations.parse(timeout)) ?? 3600
+        let c = try Client(path: connection.path)
+        defer { c.close() }
+        let w = try c.call(Message("wait", [("request", String(r.id)), ("timeout", String(min(t, 3600))), ("cancel_on_close", "1")]),
+                           timeout: Double(min(t, 3600)) + 10)
+        guard w.isOK else { throw CLIError.from(w) }
+        let decision = w["decision"] ?? "deny"
+        if json {
+            let shown = try connection.call(Message("show", [("id", String(r.id))]))
+            print(Output.json(RequestView(shown.fields)))
+        } else {
+            print(Output.clean(w["message"] ?? decision))
+        }
+        if decision != "allow" { throw CLIError(code: 3, message: decision == "pending" ? "request \(r.id) is still pending after \(timeout)" : "request \(r.id) was not granted (\(w["state"] ?? decision))") }
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List requests (yours; approvers and root see everyone's).")
+    @OptionGroup var connection: Connection
+    @Flag(help: "Only pending requests.") var pending = false
+    @Flag(help: "Only your own requests.") var mine = false
+    @Flag(help: "Print JSON (an array).") var json = false
+
+    func run() throws {
+        let reply = try connection.call(Message("list", [("pending", pending ? "1" : "0"), ("mine", mine ? "1" : "0")]))
+        let rs = reply.records.map(RequestView.init)
+        if json { print(Output.json(rs)); return }
+        if rs.isEmpty { print(pending ? "No pending requests." : "No requests."); return }
+        print(Output.table(["ID", "STATE", "USER", "ENV", "SCOPE", "FOR", "CREATED", "REASON"],
+            rs.map { [String($0.id), $0.state, $0.user, $0.environment, $0.scopeText, Durations.format($0.duration), $0.created_at, String($0.reason.prefix(60))] }))
+    }
+}
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one request.")
+    @OptionGroup var connection: Connection
+    @Argument(help: "The request ID.") var id: String
+    @Flag(help: "Print JSON.") var json = false
+    func validate() throws { _ = try parseID(id, "request") }
+    func run() throws {
+        let r = RequestView(try connection.call(Message("show", [("id", id)])).fields)
+        print(json ? Output.json(r) : Output.describe(r))
+    }
+}
+
+struct Approve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Approve someone else's request (approver groups only).")
+    @OptionGroup var connection: Connection
+    @Argument(help: "The request ID.") var id: String
+    @Option(help: "A comment for the record.") var comment: String?
+    @Flag(help: "Print JSON.") var json = false
+    func validate() throws { _ = try parseID(id, "request") }
+    func run() throws {
+        var m = Message("approve", [("id", id)])
+        if let comment { m.add("comment", comment) }
+        let r = RequestView(try connection.call(m).fields)
+        if json { print(Output.json(r)); return }
+        if r.state == "approved" {
+            print("request \(r.id) approved: grant \(r.grant_id.map(String.init) ?? "?") gives \(r.user) \(r.scopeText) for \(Durations.format(r.duration)).")
+        } else {
+            print("request \(r.id): your approval is recorded; \(r.approvals_needed ?? 1) more needed.")
+        }
+    }
+}
+
+struct Deny: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Deny someone else's request (approver groups only).")
+    @OptionGroup var connection: Connection
+    @Argument(help: "The request ID.") var id: String
+    @Option(help: "A comment for the record (the requester sees it).") var comment: String?
+    @Flag(help: "Print JSON.") var json = false
+    func validate() throws { _ = try parseID(id, "request") }
+    func run() throws {
+        var m = Message("deny", [("id", id)])
+        if let comment { m.add("comment", comment) }
+        let r = RequestView(try connection.call(m).fields)
+        print(json ? Output.json(r) : "request \(r.id) denied.")
+    }
+}
+
+struct Cancel: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cancel your own pending request.")
+    @OptionGroup var connection: Connection
+    @Argument(help: "The request ID.") var id: String
+    @Flag(help: "Print JSON.") var json = false
+    func validate() throws { _ = try parseID(id, "request") }
+    func run() throws {
+        let r = RequestView(try connection.call(Message("cancel", [("request", id)])).fields)
+        print(json ? Output.json(r) : "request \(r.id) cancelled.")
+    }
+}
+
+struct Grants: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List grants (yours; approvers and root see everyone's).")
+    @OptionGroup var connection: Connection
+    @Flag(help: "Only active grants.") var active = false
+    @Flag(help: "Only your own grants.") var mine = false
+    @Flag(help: "Print JSON (an array).") var json = false
+    func run() throws {
+        let reply = try connection.call(Message("grants", [("active", active ? "1" : "0"), ("mine", mine ? "1" : "0")]))
+        let gs = reply.records.map(GrantView.init)
+        if json { print(Output.json(gs)); return }
+        if gs.isEmpty { print(active ? "No active grants." : "No grants."); return }
+        print(Output.table(["ID", "REQUEST", "STATE", "USER", "ENV", "SCOPE", "EXPIRES", "ENDED BY"],
+            gs.map { [String($0.id), String($0.request_id), $0.state, $0.user, $0.environment, $0.scopeText, $0.expires_at, $0.ended_by ?? ""] }))
+    }
+}
+
+struct Revoke: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "End a grant now (root or approvers).")
+    @OptionGroup var connection: Connection
+    @Argument(help: "The grant ID (see 'jit grants').") var id: String
+    @Flag(help: "Print JSON.") var json = false
+    func validate() throws { _ = try parseID(id, "grant") }
+    func run() throws {
+        let g = GrantView(try connection.call(Message("revoke", [("id", id)])).fields)
+        print(json ? Output.json(g) : "grant \(g.id) of \(g.user) revoked.")
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the agent's state.")
+    @OptionGroup var connection: Connection
+    @Flag(help: "Print JSON.") var json = false
+
+    struct View: Codable {
+        var version: String
+        var environment: String
+        var uptime: Int64
+        var pending: Int
+        var active_grants: Int
+        var database: String
+        var socket: String
+        var next_expiry: String?
+    }
+
+    func run() throws {
+        let m = try connection.call(Message("status"))
+        let v = View(version: m["version"] ?? "", environment: m["environment"] ?? "", uptime: Int64(m["uptime"] ?? "") ?? 0,
+                     pending: Int(m["pending"] ?? "") ?? 0, active_grants: Int(m["active_grants"] ?? "") ?? 0,
+                     database: m["database"] ?? "", socket: m["socket"] ?? "", next_expiry: m["next_expiry"])
+        if json { print(Output.json(v)); return }
+        print("""
+            jitd \(v.version), environment \(v.environment), up \(Durations.format(max(v.uptime, 1)))
+            pending requests: \(v.pending)
+            active grants:    \(v.active_grants)\(v.next_expiry.map { "\nnext expiry:      \($0)" } ?? "")
+            database:         \(v.database)
+            socket:           \(v.socket)
+            """)
+    }
+}

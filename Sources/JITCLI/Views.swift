@@ -1,0 +1,138 @@
+import Foundation
+import JITCore
+
+/// A request as `jit` shows it (and as `--json` prints it).
+struct RequestView: Codable {
+    var id: Int64
+    var state: String
+    var user: String
+    var uid: Int64
+    var environment: String
+    var scope: String
+    var commands: [String]
+    var runas: String
+    var duration: Int64
+    var reason: String
+    var created_at: String
+    var expires_at: String
+    var decided_at: String?
+    var decided_by: String?
+    var comment: String?
+    var rule: String
+    var grant_id: Int64?
+    var approvals: [String]
+    var approvals_needed: Int?
+
+    init(_ f: [(String, String)]) {
+        func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
+        id = Int64(v("id") ?? "") ?? 0
+        state = v("state") ?? ""
+        user = v("user") ?? ""
+        uid = Int64(v("uid") ?? "") ?? -1
+        environment = v("environment") ?? ""
+        scope = v("scope") ?? ""
+        commands = f.filter { $0.0 == "command" }.map(\.1)
+        runas = v("runas") ?? ""
+        duration = Int64(v("duration") ?? "") ?? 0
+        reason = v("reason") ?? ""
+        created_at = v("created_at") ?? ""
+        expires_at = v("expires_at") ?? ""
+        decided_at = v("decided_at")
+        decided_by = v("decided_by")
+        comment = v("comment")
+        rule = v("rule") ?? ""
+        grant_id = v("grant").flatMap { Int64($0) }
+        approvals = f.filter { $0.0 == "approval" }.map(\.1)
+        approvals_needed = v("approvals_needed").flatMap { Int($0) }
+    }
+
+    var scopeText: String {
+        switch scope {
+        case "sudo": return "sudo" + (runas.isEmpty || runas == "root" ? "" : " as \(runas)")
+        case "commands": return "sudo " + commands.joined(separator: "; ") + (runas.isEmpty || runas == "root" ? "" : " as \(runas)")
+        default: return scope
+        }
+    }
+}
+
+/// A grant as `jit` shows it.
+struct GrantView: Codable {
+    var id: Int64
+    var request_id: Int64
+    var user: String
+    var environment: String
+    var scope: String
+    var commands: [String]
+    var runas: String
+    var state: String
+    var starts_at: String
+    var expires_at: String
+    var ended_at: String?
+    var ended_by: String?
+
+    init(_ f: [(String, String)]) {
+        func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
+        id = Int64(v("id") ?? "") ?? 0
+        request_id = Int64(v("request_id") ?? "") ?? 0
+        user = v("user") ?? ""
+        environment = v("environment") ?? ""
+        scope = v("scope") ?? ""
+        commands = f.filter { $0.0 == "command" }.map(\.1)
+        runas = v("runas") ?? ""
+        state = v("state") ?? ""
+        starts_at = v("starts_at") ?? ""
+        expires_at = v("expires_at") ?? ""
+        ended_at = v("ended_at")
+        ended_by = v("ended_by")
+    }
+
+    var scopeText: String {
+        switch scope {
+        case "sudo": return "sudo" + (runas == "root" ? "" : " as \(runas)")
+        case "commands": return "sudo " + commands.joined(separator: "; ") + (runas == "root" ? "" : " as \(runas)")
+        default: return scope
+        }
+    }
+}
+
+enum Output {
+    static func json<T: Encodable>(_ v: T) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let d = try? e.encode(v), let s = String(data: d, encoding: .utf8) else { return "null" }
+        return s
+    }
+
+    /// Makes user-supplied text safe for a terminal: control characters become '?'.
+    static func clean(_ s: String) -> String {
+        String(String.UnicodeScalarView(s.unicodeScalars.map { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format ? "?" : $0 }))
+    }
+
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows.map { $0.map(clean) }
+        var widths = Array(repeating: 0, count: header.count)
+        for r in all { for (i, c) in r.enumerated() where i < widths.count - 1 { widths[i] = max(widths[i], c.count) } }
+        return all.map { r in
+            r.enumerated().map { i, c in i < r.count - 1 ? c.padding(toLength: widths[i], withPad: " ", startingAt: 0) : c }
+                .joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    static func describe(_ r: RequestView) -> String {
+        var lines = [
+            "request \(r.id): \(r.state)",
+            "  user:        \(r.user)",
+            "  environment: \(r.environment)",
+            "  scope:       \(r.scopeText)",
+            "  duration:    \(Durations.format(r.duration))",
+            "  reason:      \(clean(r.reason))",
+            "  created:     \(r.created_at)",
+        ]
+        if r.state == "pending" { lines.append("  expires:     \(r.expires_at) if not decided") }
+        if !r.approvals.isEmpty { lines.append("  approvals:   \(r.approvals.joined(separator: ", "))") }
+        if let d = r.decided_at { lines.append("  decided:     \(d)" + (r.decided_by.map { " by \($0)" } ?? "")) }
+        if let c = r.comment { lines.append("  comment:     \(clean(c))") }
+        if let g = r.grant_id { lines.append("  grant:       \(g)") }
+        return lines.joined(separator: "\n")
+    }
+}

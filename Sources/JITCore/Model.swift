@@ -1,0 +1,225 @@
+public import Foundation
+
+/// What a request asks for.
+public enum Scope: Equatable, Hashable, Sendable {
+    /// Log in (ssh, console); every grant covers this.
+    case login
+    /// Run any command with sudo as the run-as user.
+    case sudo
+    /// Run exactly these commands (absolute paths, optional exact arguments) with sudo.
+    case commands([String])
+
+    public var name: String {
+        switch self {
+        case .login: "login"
+        case .sudo: "sudo"
+        case .commands: "commands"
+        }
+    }
+
+    public var commands: [String] {
+        if case .commands(let c) = self { return c }
+        return []
+    }
+
+    public var includesSudo: Bool { self != .login }
+
+    /// A readable form: `login`, `sudo`, `sudo: /usr/bin/systemctl restart nginx, /usr/bin/id`.
+    public var summary: String {
+        switch self {
+        case .login: "login"
+        case .sudo: "sudo (all commands)"
+        case .commands(let c): "sudo: " + c.joined(separator: ", ")
+        }
+    }
+
+    public init(name: String, commands: [String]) throws(ValidationError) {
+        switch name {
+        case "login":
+            guard commands.isEmpty else { throw ValidationError("a login request takes no commands; drop --command or use scope commands") }
+            self = .login
+        case "sudo":
+            guard commands.isEmpty else { throw ValidationError("'--sudo' means all commands; drop --command, or drop --sudo to list commands") }
+            self = .sudo
+        case "commands":
+            guard !commands.isEmpty else { throw ValidationError("name at least one command with --command /absolute/path") }
+            self = .commands(commands)
+        default:
+            throw ValidationError("the scope '\(name)' is unknown; use login, sudo or commands")
+        }
+    }
+}
+
+/// Life cycle of a request. The only place transitions are decided: see `RequestState.transition`.
+public enum RequestState: String, Sendable, Codable, CaseIterable {
+    case pending, approved, denied, cancelled, expired
+
+    public var isFinal: Bool { self != .pending }
+
+    /// The one place request transitions are allowed: pending → approved | denied | cancelled | expired.
+    /// Everything else (leaving a final state, staying pending by "transition") is refused.
+    public func transition(to next: RequestState) throws(TransitionError) -> RequestState {
+        guard self == .pending, next != .pending else {
+            throw TransitionError(entity: "request", from: rawValue, to: next.rawValue)
+        }
+        return next
+    }
+}
+
+/// Life cycle of a grant: active → expired | revoked, nothing else.
+public enum GrantState: String, Sendable, Codable, CaseIterable {
+    case active, expired, revoked
+
+    public func transition(to next: GrantState) throws(TransitionError) -> GrantState {
+        guard self == .active, next != .active else {
+            throw TransitionError(entity: "grant", from: rawValue, to: next.rawValue)
+        }
+        return next
+    }
+}
+
+public struct TransitionError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var entity: String
+    public var from: String
+    public var to: String
+    public var description: String {
+        "the \(entity) is \(from) and cannot become \(to)"
+    }
+}
+
+/// A request for access, as stored.
+public struct AccessRequest: Equatable, Sendable {
+    public var id: Int64
+    public var user: String
+    public var uid: UInt32
+    public var environment: String
+    public var scope: Scope
+    public var runAs: String
+    public var duration: Int64
+    public var reason: String
+    public var state: RequestState
+    public var createdAt: Date
+    /// When a still-pending request expires (created + pending_ttl).
+    public var expiresAt: Date
+    public var decidedAt: Date?
+    public var decidedBy: String?
+    public var comment: String?
+    public var rule: String
+    public var rhost: String
+    public var service: String
+    public var approvals: [String]
+    public var grantID: Int64?
+
+    public init(
+        id: Int64 = 0, user: String, uid: UInt32, environment: String, scope: Scope, runAs: String,
+        duration: Int64, reason: String, state: RequestState = .pending, createdAt: Date, expiresAt: Date,
+        decidedAt: Date? = nil, decidedBy: String? = nil, comment: String? = nil, rule: String = "default",
+        rhost: String = "", service: String = "", approvals: [String] = [], grantID: Int64? = nil
+    ) {
+        self.id = id
+        self.user = user
+        self.uid = uid
+        self.environment = environment
+        self.scope = scope
+        self.runAs = runAs
+        self.duration = duration
+        self.reason = reason
+        self.state = state
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.decidedAt = decidedAt
+        self.decidedBy = decidedBy
+        self.comment = comment
+        self.rule = rule
+        self.rhost = rhost
+        self.service = service
+        self.approvals = approvals
+        self.grantID = grantID
+    }
+
+    /// Wire form (docs/PROTOCOL.md, `show`).
+    public var fields: [(String, String)] {
+        var f: [(String, String)] = [
+            ("id", String(id)), ("state", state.rawValue), ("user", user), ("uid", String(uid)),
+            ("environment", environment), ("scope", scope.name),
+        ]
+        for c in scope.commands { f.append(("command", c)) }
+        f += [
+            ("runas", runAs), ("duration", String(duration)), ("reason", reason),
+            ("created_at", Timestamps.format(createdAt)), ("expires_at", Timestamps.format(expiresAt)),
+            ("rule", rule),
+        ]
+        if let d = decidedAt { f.append(("decided_at", Timestamps.format(d))) }
+        if let b = decidedBy { f.append(("decided_by", b)) }
+        if let c = comment { f.append(("comment", c)) }
+        if let g = grantID { f.append(("grant", String(g))) }
+        for a in approvals { f.append(("approval", a)) }
+        return f
+    }
+}
+
+/// Access that was approved, while and after it lasts.
+public struct Grant: Equatable, Sendable {
+    public var id: Int64
+    public var requestID: Int64
+    public var user: String
+    public var uid: UInt32
+    public var environment: String
+    public var scope: Scope
+    public var runAs: String
+    public var state: GrantState
+    public var startsAt: Date
+    public var expiresAt: Date
+    public var endedAt: Date?
+    public var endedBy: String?
+    public var noPassword: Bool
+
+    public init(
+        id: Int64 = 0, requestID: Int64, user: String, uid: UInt32, environment: String, scope: Scope,
+        runAs: String, state: GrantState = .active, startsAt: Date, expiresAt: Date, endedAt: Date? = nil,
+        endedBy: String? = nil, noPassword: Bool = true
+    ) {
+        self.id = id
+        self.requestID = requestID
+        self.user = user
+        self.uid = uid
+        self.environment = environment
+        self.scope = scope
+        self.runAs = runAs
+        self.state = state
+        self.startsAt = startsAt
+        self.expiresAt = expiresAt
+        self.endedAt = endedAt
+        self.endedBy = endedBy
+        self.noPassword = noPassword
+    }
+
+    /// Whether this grant lets its user use a PAM service: every grant covers login; only sudo scopes
+    /// cover services named `sudo*` (sudo, sudo-i).
+    public func covers(service: String) -> Bool {
+        ServiceKind(service: service) == .login || scope.includesSudo
+    }
+
+    public var fields: [(String, String)] {
+        var f: [(String, String)] = [
+            ("id", String(id)), ("request_id", String(requestID)), ("user", user), ("uid", String(uid)),
+            ("environment", environment), ("scope", scope.name),
+        ]
+        for c in scope.commands { f.append(("command", c)) }
+        f += [
+            ("runas", runAs), ("state", state.rawValue), ("starts_at", Timestamps.format(startsAt)),
+            ("expires_at", Timestamps.format(expiresAt)),
+        ]
+        if let d = endedAt { f.append(("ended_at", Timestamps.format(d))) }
+        if let b = endedBy { f.append(("ended_by", b)) }
+        return f
+    }
+}
+
+/// How a PAM service name maps to what a grant must cover.
+public enum ServiceKind: Equatable, Sendable {
+    case login, sudo
+    public init(service: String) {
+        self = service.hasPrefix("sudo") ? .sudo : .login
+    }
+}

@@ -1,0 +1,3 @@
+import JITCLI
+
+JIT.runMain()

@@ -1,0 +1,55 @@
+import ArgumentParser
+import JITAgent
+import JITCore
+import Logging
+
+@main
+struct Jitd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "jitd",
+        abstract: "The jit-access agent: serves requests, approvals and grants on this host.",
+        discussion: "Runs as root. See jitd(8), jit.yaml(5) and docs/PROTOCOL.md.",
+        version: JITVersion.string,
+        subcommands: [Run.self, CheckConfig.self],
+        defaultSubcommand: Run.self
+    )
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the agent (the default).")
+
+    @Option(help: "The config file.") var config: String = Config.defaultPath
+    @Option(help: "Socket path (overrides 'socket' in the config).") var socket: String?
+    @Option(help: "Database path (overrides 'database').") var database: String?
+    @Option(name: .customLong("sudoers-dir"), help: "Sudoers folder (overrides 'sudoers_dir').") var sudoersDir: String?
+
+    func run() throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "jitd")
+        logger.logLevel = .info
+        do {
+            let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger)
+            throw ExitCode(try agent.run())
+        } catch let e as JITError {
+            FileHandleErr.write("jitd: \(e.message)\n")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Validate a config file; exit 1 and name the line and field of any error.")
+
+    @Option(help: "The config file.") var config: String = Config.defaultPath
+
+    func run() throws {
+        do {
+            let c = try Config.load(path: config)
+            print("\(config): OK (environment \(c.environment), \(c.policy.requesterGroups.joined(separator: ",")) may request up to \(Durations.format(c.policy.maxDuration)), \(c.policy.approvalsRequired) approval(s) from \(c.policy.approverGroups.joined(separator: ",")))")
+        } catch {
+            FileHandleErr.write("jitd: \(error.description)\n")
+            throw ExitCode(1)
+        }
+    }
+}
