@@ -39,6 +39,7 @@ let package = Package(
             name: "JITAgent",
             dependencies: [
                 "JITCore",
+                "JITSudoers",
                 "CJITSys",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),

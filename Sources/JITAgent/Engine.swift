@@ -12,6 +12,12 @@ public protocol GrantEffects: Sendable {
     func ended(_ g: Grant)
     /// Called at start-up and periodically with every active grant: make the outside world match.
     func reconcile(active: [Grant])
+    /// Refuses a request, before it is stored, that could never be put in place.
+    func validate(user: String, scope: Scope, runAs: String) throws(JITError)
+}
+
+extension GrantEffects {
+    public func validate(user: String, scope: Scope, runAs: String) throws(JITError) {}
 }
 
 public struct NoEffects: GrantEffects {
@@ -29,6 +35,7 @@ public final class Engine: Sendable {
     public let clock: any JITClock
     public let directory: any UserDirectory
     public let effects: any GrantEffects
+    public let sessions: any SessionControl
     public let logger: Logger
     public let startedAt: Date
     let configBox: Mutex<Config>
@@ -37,7 +44,8 @@ public final class Engine: Sendable {
     public let schedulerWaker = Waker()
 
     public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
-                effects: any GrantEffects = NoEffects(), logger: Logger = Logger(label: "jitd")) {
+                effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd")) {
+        self.sessions = sessions
         self.configBox = Mutex(config)
         self.store = store
         self.clock = clock
@@ -177,6 +185,7 @@ public final class Engine: Sendable {
     public func file(_ d: Draft, for who: Identity) throws(JITError) -> AccessRequest {
         let cfg = config
         let a = try cfg.policy.admit(d, from: who, hostEnvironment: cfg.environment)
+        try effects.validate(user: who.name, scope: a.scope, runAs: a.runAs ?? "")
         let now = clock.now()
         let r = AccessRequest(
             user: who.name, uid: who.uid, environment: a.environment ?? cfg.environment, scope: a.scope, runAs: a.runAs ?? "",
@@ -239,6 +248,7 @@ public final class Engine: Sendable {
         }
         let g = try store.endGrant(id: grantID, as: .revoked, by: c.name, at: clock.now())
         effects.ended(g)
+        endSessions(of: g)
         logger.info("grant \(grantID) revoked by \(c.name)")
         schedulerWaker.wake()
         return g
@@ -366,7 +376,8 @@ public final class Engine: Sendable {
         guard let pidS = m["pid"], let pid = Int32(pidS), pid > 1 else { throw JITError(.badRequest, "the field 'pid' must be a process ID") }
         let now = clock.now()
         let g = try store.coveringGrant(user: user, kind: ServiceKind(service: service), now: now)
-        let sid = try store.openSession(grantID: g?.id, user: user, service: service, rhost: m["rhost"] ?? "", tty: m["tty"] ?? "", pid: pid, at: now)
+        let sid = try store.openSession(grantID: g?.id, user: user, service: service, rhost: m["rhost"] ?? "", tty: m["tty"] ?? "", pid: pid,
+                                        startTicks: sessions.startTicks(pid: pid), at: now)
         schedulerWaker.wake()
         return Message("ok", [("session", String(sid)), ("grant", String(g?.id ?? 0))])
     }
@@ -415,12 +426,15 @@ public final class Engine: Sendable {
                 do {
                     let ended = try store.endGrant(id: g.id, as: .expired, by: nil, at: now)
                     effects.ended(ended)
+                    endSessions(of: ended)
                     logger.info("grant \(g.id) of \(g.user) expired")
                 } catch {
                     logger.warning("grant \(g.id): \(error.message)")
                 }
             }
-            return try store.nextDeadline()
+            let next = try store.nextDeadline()
+            if let w = warnSessions(), next == nil || w < next! { return w }
+            return next
         } catch {
             logger.error("expiry: \(error.message)")
             return now.addingTimeInterval(1)

@@ -89,7 +89,7 @@ public final class Store: Sendable {
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
                     grant_id INTEGER, user TEXT NOT NULL, service TEXT NOT NULL, rhost TEXT NOT NULL,
                     tty TEXT NOT NULL, pid INTEGER NOT NULL, opened_at INTEGER NOT NULL, closed_at INTEGER,
-                    warned_at INTEGER, ended_by TEXT
+                    warned_at INTEGER, ended_by TEXT, start_ticks INTEGER NOT NULL DEFAULT 0
                 );
                 CREATE INDEX sessions_open ON sessions(grant_id, closed_at);
                 """)
@@ -382,19 +382,22 @@ public final class Store: Sendable {
         public var openedAt: Date
         public var closedAt: Date?
         public var warnedAt: Date?
+        /// The process's start time in clock ticks since boot (/proc/PID/stat field 22): a reused PID has another.
+        public var startTicks: Int64
     }
 
     static func session(from row: Row) -> Session {
         Session(
             id: row["id"], grantID: row["grant_id"], user: row["user"], service: row["service"], rhost: row["rhost"], tty: row["tty"],
             pid: Int32(truncatingIfNeeded: row["pid"] as Int64), openedAt: Timestamps.date(millis: row["opened_at"]),
-            closedAt: (row["closed_at"] as Int64?).map(Timestamps.date(millis:)), warnedAt: (row["warned_at"] as Int64?).map(Timestamps.date(millis:)))
+            closedAt: (row["closed_at"] as Int64?).map(Timestamps.date(millis:)), warnedAt: (row["warned_at"] as Int64?).map(Timestamps.date(millis:)),
+            startTicks: row["start_ticks"])
     }
 
-    public func openSession(grantID: Int64?, user: String, service: String, rhost: String, tty: String, pid: Int32, at now: Date) throws(JITError) -> Int64 {
+    public func openSession(grantID: Int64?, user: String, service: String, rhost: String, tty: String, pid: Int32, startTicks: Int64, at now: Date) throws(JITError) -> Int64 {
         try write { db in
-            try db.execute(sql: "INSERT INTO sessions (grant_id, user, service, rhost, tty, pid, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [grantID, user, service, rhost, tty, Int64(pid), Timestamps.millis(now)])
+            try db.execute(sql: "INSERT INTO sessions (grant_id, user, service, rhost, tty, pid, opened_at, start_ticks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                arguments: [grantID, user, service, rhost, tty, Int64(pid), Timestamps.millis(now), startTicks])
             return db.lastInsertedRowID
         }
     }
@@ -424,6 +427,11 @@ public final class Store: Sendable {
         try read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM sessions WHERE grant_id IS NOT NULL AND closed_at IS NULL").map(Store.session(from:))
         }
+    }
+
+    /// Moves a session to another grant (when the one it ran under ends but another still covers it).
+    public func rebindSession(_ id: Int64, to grantID: Int64) throws(JITError) {
+        try write { db in try db.execute(sql: "UPDATE sessions SET grant_id = ?, warned_at = NULL WHERE id = ?", arguments: [grantID, id]) }
     }
 
     public func markWarned(sessionID: Int64, at now: Date) throws(JITError) {

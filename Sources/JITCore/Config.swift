@@ -100,6 +100,8 @@ public struct Config: Equatable, Sendable {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
+        } catch let YamlError.duplicatedKeysInMapping(keys, context) {
+            throw ConfigError(file: file, line: context.mark.line, field: keys.joined(separator: ", "), message: "is given twice in the same mapping (first here); keep one")
         } catch let e as YamlError {
             throw ConfigError(file: file, line: YAMLReader.line(of: e), field: "", message: "not valid YAML: \(YAMLReader.problem(of: e))")
         } catch {

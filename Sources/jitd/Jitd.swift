@@ -28,7 +28,9 @@ struct Run: ParsableCommand {
         var logger = Logger(label: "jitd")
         logger.logLevel = .info
         do {
-            let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger)
+            let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger) { config, logger in
+                SudoersEffects(path: config.sudoersDir, logger: logger)
+            }
             throw ExitCode(try agent.run())
         } catch let e as JITError {
             FileHandleErr.write("jitd: \(e.message)\n")

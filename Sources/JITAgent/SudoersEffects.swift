@@ -1,0 +1,73 @@
+import Foundation
+public import JITCore
+public import JITSudoers
+public import Logging
+import Synchronization
+
+/// Grants of a sudo scope become one file each in `sudoers_dir`, through `JITSudoers` (the only code that
+/// writes sudoers). Calls are serialised by a lock: an install and a reconcile never interleave.
+public final class SudoersEffects: GrantEffects {
+    public let directory: SudoersDirectory
+    let logger: Logger
+    let lock = Mutex<Void>(())
+    let clock: any JITClock
+    /// Reports each drift found by reconcile (the audit trail hooks in here).
+    let onDrift: @Sendable (SudoersDrift) -> Void
+
+    public init(path: String, visudo: String = "/usr/sbin/visudo", clock: any JITClock = SystemClock(), logger: Logger,
+                onDrift: @escaping @Sendable (SudoersDrift) -> Void = { _ in }) {
+        directory = SudoersDirectory(path: path, visudo: visudo)
+        self.logger = logger
+        self.clock = clock
+        self.onDrift = onDrift
+        let n = lock.withLock { _ in directory.removeTempFiles() }
+        if n > 0 { logger.warning("removed \(n) temporary sudoers file(s) left by an interrupted write in \(path)") }
+    }
+
+    static func entry(_ g: Grant) -> SudoersEntry? {
+        guard g.scope.includesSudo else { return nil }
+        return SudoersEntry(grantID: g.id, user: g.user, runAs: g.runAs.isEmpty ? "root" : g.runAs,
+                            commands: g.scope == .sudo ? nil : g.scope.commands, noPassword: g.noPassword, notAfter: g.expiresAt)
+    }
+
+    /// Refuses, before anything is stored, a request whose sudoers rendering would be refused later.
+    public func validate(user: String, scope: Scope, runAs: String) throws(JITError) {
+        guard scope.includesSudo else { return }
+        let e = SudoersEntry(grantID: 1, user: user, runAs: runAs.isEmpty ? "root" : runAs,
+                             commands: scope == .sudo ? nil : scope.commands, noPassword: true, notAfter: clock.now().addingTimeInterval(60))
+        do { _ = try SudoersRenderer.render(e) } catch { throw JITError(.invalid, error.message) }
+    }
+
+    public func started(_ g: Grant) throws(JITError) {
+        guard let e = SudoersEffects.entry(g) else { return }
+        do {
+            try lock.withLock { _ throws(SudoersError) in try directory.install(e, now: clock.now()) }
+            logger.info("sudoers: wrote \(directory.path)/\(directory.fileName(for: g.id)) for grant \(g.id), until \(Timestamps.format(g.expiresAt))")
+        } catch {
+            throw JITError(.internal, "writing sudoers for grant \(g.id) in \(directory.path) failed: \(error.message)")
+        }
+    }
+
+    public func ended(_ g: Grant) {
+        guard g.scope.includesSudo else { return }
+        do {
+            try lock.withLock { _ throws(SudoersError) in try directory.remove(grantID: g.id) }
+            logger.info("sudoers: removed \(directory.fileName(for: g.id)) (grant \(g.id) \(g.state.rawValue))")
+        } catch {
+            logger.error("sudoers: could not remove the file of grant \(g.id): \(error.message); sudo still refuses it after its NOTAFTER")
+        }
+    }
+
+    public func reconcile(active: [Grant]) {
+        let entries = active.compactMap(SudoersEffects.entry)
+        do {
+            let drifts = try lock.withLock { _ throws(SudoersError) in try directory.reconcile(active: entries, now: clock.now()) }
+            for d in drifts {
+                logger.warning("sudoers drift: \(d.description)")
+                onDrift(d)
+            }
+        } catch {
+            logger.error("sudoers reconcile of \(directory.path) failed: \(error.message)")
+        }
+    }
+}
