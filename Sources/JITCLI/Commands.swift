@@ -87,7 +87,7 @@ struct Request: ParsableCommand {
         abstract: "Ask for access: login (default), sudo for all commands (--sudo), or listed commands (--command).")
 
     @OptionGroup var connection: Connection
-    @Option(name: .customLong("for"), help: "How long, like 90s, 30m, 1h30m.") var duration: String
+    @Option(name: .customLong("for"), parsing: .unconditional, help: "How long, like 90s, 30m, 1h30m.") var duration: String
     @Option(help: "Why you need it (approvers see this).") var reason: String = ""
     @Option(help: "Environment (default: this host's).") var env: String?
     @Flag(help: "Ask for sudo with any command.") var sudo = false

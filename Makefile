@@ -1,0 +1,42 @@
+# jit-access — the two commands a newcomer needs:
+#   make demo    the main job end to end (as root, on a scratch Debian 12 machine)
+#   make check   every test: Swift unit tests, the PAM module's C tests, end-to-end tests (as root)
+
+SWIFT     ?= swift
+export PATH := /opt/swift/usr/bin:$(PATH)
+BUILD     := .build/debug
+PYTEST    ?= python3 -m pytest
+
+.PHONY: all deps build pam check unit pamcheck e2e demo clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+build: deps
+	$(SWIFT) build --build-tests
+	$(MAKE) -C pam
+
+pam: deps
+	$(MAKE) -C pam
+
+## Every test. CI runs exactly this (.ci/run).
+check: build
+	$(SWIFT) test
+	$(MAKE) -C pam check
+	JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so $(PYTEST) -q -p no:cacheprovider tests/e2e
+
+unit: build
+	$(SWIFT) test
+
+e2e: build
+	JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so $(PYTEST) -q -p no:cacheprovider tests/e2e
+
+## The main job, end to end, in plain words, on a throw-away agent, sshd and users.
+demo: build
+	@sh scripts/demo.sh
+
+clean:
+	rm -rf .build dist
+	$(MAKE) -C pam clean
