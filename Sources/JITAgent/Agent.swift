@@ -33,8 +33,8 @@ public final class Agent: Sendable {
     let configPath: String
     let overrides: Overrides
     let stopped = Atomic<Bool>(false)
-    /// How often the outside world is reconciled with the store even when nothing changed.
-    public let reconcileInterval: Double = 60
+    /// Set by SIGHUP: reconcile at once.
+    let reconcileNow = Atomic<Bool>(false)
 
     public init(configPath: String, overrides: Overrides, logger: Logger, effects: (@Sendable (Config, Logger) -> any GrantEffects)? = nil) throws(JITError) {
         let config: Config
@@ -99,6 +99,7 @@ public final class Agent: Sendable {
             }
             engine.replaceConfig(c)
             engine.logger.notice("reloaded \(configPath)")
+            reconcileNow.store(true, ordering: .sequentiallyConsistent)
             engine.schedulerWaker.wake()
         } catch {
             engine.logger.error("reload refused, the old config stays in force: \(error.description)")
@@ -109,12 +110,12 @@ public final class Agent: Sendable {
     /// expires what is due, and reconciles at least every `reconcileInterval` seconds. No periodic sweep
     /// decides expiry: the timer is set from the next `expires_at`.
     func schedule() {
-        var nextReconcile = Date().addingTimeInterval(reconcileInterval)
+        var nextReconcile = Date().addingTimeInterval(Double(engine.config.reconcileInterval))
         while !stopped.load(ordering: .sequentiallyConsistent) {
             let next = engine.expireDue()
-            if Date() >= nextReconcile {
+            if Date() >= nextReconcile || reconcileNow.exchange(false, ordering: .sequentiallyConsistent) {
                 engine.reconcile()
-                nextReconcile = Date().addingTimeInterval(reconcileInterval)
+                nextReconcile = Date().addingTimeInterval(Double(engine.config.reconcileInterval))
             }
             var until = nextReconcile
             if let n = next, n < until { until = n }

@@ -67,6 +67,8 @@ public struct Config: Equatable, Sendable {
     public var database: String = Config.defaultDatabase
     public var sudoersDir: String = Config.defaultSudoersDir
     public var pendingTTL: Int64 = 3600
+    /// How often sudoers files are reconciled with the store even when nothing changed (at most 1 minute).
+    public var reconcileInterval: Int64 = 60
     public var policy = Policy()
 
     public init() {}
@@ -113,7 +115,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "socket", "database", "sudoers_dir", "pending_ttl", "policy"], path: "")
+        try r.onlyKeys(top, ["environment", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "policy"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -125,6 +127,7 @@ public struct Config: Equatable, Sendable {
             case "database": c.database = try r.absolutePath(value, path: key)
             case "sudoers_dir": c.sudoersDir = try r.absolutePath(value, path: key)
             case "pending_ttl": c.pendingTTL = try r.duration(value, path: key, ceiling: Config.hardCeiling)
+            case "reconcile_interval": c.reconcileInterval = try r.duration(value, path: key, ceiling: 60)
             case "policy": c.policy = try parsePolicy(value, r: r)
             default: throw r.error(keyNode, key, "is not a known setting")
             }
