@@ -96,11 +96,11 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user"])
                 return Message("ok", try fileRequest(m, c).fields)
             case "list":
-                try m.onlyKeys(["pending", "mine"])
+                try m.onlyKeys(["pending", "mine", "before"])
                 let mine = try m.bool("mine")
                 let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
-                let rs = try store.requests(user: everyone ? nil : c.name, pendingOnly: try m.bool("pending"))
-                return Message("ok", [("count", String(rs.count))], records: rs.map(\.fields))
+                let rs = try store.requests(user: everyone ? nil : c.name, pendingOnly: try m.bool("pending"), before: try m.int("before"))
+                return Engine.page(rs.map { ($0.id, $0.fields) })
             case "show":
                 try m.onlyKeys(["id"])
                 let r = try loadRequest(try id(m, "id"))
@@ -118,11 +118,11 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["id", "comment"])
                 return Message("ok", try deny(id: try id(m, "id"), by: c, comment: try comment(m)).fields)
             case "grants":
-                try m.onlyKeys(["active", "mine"])
+                try m.onlyKeys(["active", "mine", "before"])
                 let mine = try m.bool("mine")
                 let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
-                let gs = try store.grants(user: everyone ? nil : c.name, activeOnly: try m.bool("active"))
-                return Message("ok", [("count", String(gs.count))], records: gs.map(\.fields))
+                let gs = try store.grants(user: everyone ? nil : c.name, activeOnly: try m.bool("active"), before: try m.int("before"))
+                return Engine.page(gs.map { ($0.id, $0.fields) })
             case "revoke":
                 try m.onlyKeys(["id"])
                 return Message("ok", try revoke(grantID: try id(m, "id"), by: c).fields)
@@ -141,6 +141,27 @@ public final class Engine: Sendable {
         } catch {
             throw JITError(.internal, "\(error)")
         }
+    }
+
+    /// Packs records (newest first) into one reply that fits a frame. When some are left over, `next=ID`
+    /// tells the client to ask again with `before=ID`.
+    static func page(_ rows: [(Int64, [(String, String)])], budget: Int = Wire.maxFrame - 4096) -> Message {
+        var out = Message("ok")
+        var size = 64
+        var lastID: Int64? = nil
+        for (i, (id, fields)) in rows.enumerated() {
+            // Worst case every byte of a value is percent-encoded.
+            let n = fields.reduce(2) { $0 + $1.0.utf8.count + $1.1.utf8.count * 3 + 2 }
+            if i >= Store.pageSize || size + n > budget {
+                if let lastID { out.add("next", String(lastID)) }
+                break
+            }
+            size += n
+            out.records.append(fields)
+            lastID = id
+        }
+        out.fields.insert(("count", String(out.records.count)), at: 0)
+        return out
     }
 
     func id(_ m: Message, _ key: String) throws(JITError) -> Int64 {

@@ -192,13 +192,18 @@ public final class Store: Sendable {
         return try request(from: row, db)
     }
 
-    /// Requests, newest first; `user` nil means everyone's.
-    public func requests(user: String?, pendingOnly: Bool, limit: Int = 500) throws(JITError) -> [AccessRequest] {
+    /// How many rows one listing reply carries at most (the client pages with `before=`).
+    public static let pageSize = 200
+
+    /// Requests, newest first; `user` nil means everyone's; `before` pages backwards. Fetches one row more
+    /// than a page so the caller knows whether there is more.
+    public func requests(user: String?, pendingOnly: Bool, before: Int64? = nil, limit: Int = Store.pageSize + 1) throws(JITError) -> [AccessRequest] {
         try read { db in
             var sql = "SELECT \(Store.requestColumns) FROM requests WHERE 1"
             var args: [any DatabaseValueConvertible] = []
             if let user { sql += " AND user = ?"; args.append(user) }
             if pendingOnly { sql += " AND state = 'pending'" }
+            if let before { sql += " AND id < ?"; args.append(before) }
             sql += " ORDER BY id DESC LIMIT ?"
             args.append(limit)
             return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { try self.request(from: $0, db) }
@@ -301,12 +306,13 @@ public final class Store: Sendable {
         }
     }
 
-    public func grants(user: String?, activeOnly: Bool, limit: Int = 500) throws(JITError) -> [Grant] {
+    public func grants(user: String?, activeOnly: Bool, before: Int64? = nil, limit: Int = Store.pageSize + 1) throws(JITError) -> [Grant] {
         try read { db in
             var sql = "SELECT \(Store.grantColumns) FROM grants WHERE 1"
             var args: [any DatabaseValueConvertible] = []
             if let user { sql += " AND user = ?"; args.append(user) }
             if activeOnly { sql += " AND state = 'active'" }
+            if let before { sql += " AND id < ?"; args.append(before) }
             sql += " ORDER BY id DESC LIMIT ?"
             args.append(limit)
             return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.grant(from:))

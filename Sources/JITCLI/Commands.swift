@@ -67,6 +67,20 @@ struct Connection: ParsableArguments {
         return Config.defaultSocket
     }
 
+    /// A listing, page by page (`next=` / `before=`), all records in order.
+    func all(_ m: Message) throws(CLIError) -> [[(String, String)]] {
+        var out: [[(String, String)]] = []
+        var req = m
+        for _ in 0..<100_000 {
+            let r = try call(req)
+            out += r.records
+            guard let next = r["next"] else { break }
+            req = m
+            req.add("before", next)
+        }
+        return out
+    }
+
     /// One request, one reply; an error reply becomes a CLIError.
     func call(_ m: Message, timeout: Double = 10) throws(CLIError) -> Message {
         let c = try Client(path: path)
@@ -156,8 +170,7 @@ struct List: ParsableCommand {
     @Flag(help: "Print JSON (an array).") var json = false
 
     func run() throws {
-        let reply = try connection.call(Message("list", [("pending", pending ? "1" : "0"), ("mine", mine ? "1" : "0")]))
-        let rs = reply.records.map(RequestView.init)
+        let rs = try connection.all(Message("list", [("pending", pending ? "1" : "0"), ("mine", mine ? "1" : "0")])).map(RequestView.init)
         if json { print(Output.json(rs)); return }
         if rs.isEmpty { print(pending ? "No pending requests." : "No requests."); return }
         print(Output.table(["ID", "STATE", "USER", "ENV", "SCOPE", "FOR", "CREATED", "REASON"],
@@ -231,8 +244,7 @@ struct Grants: ParsableCommand {
     @Flag(help: "Only your own grants.") var mine = false
     @Flag(help: "Print JSON (an array).") var json = false
     func run() throws {
-        let reply = try connection.call(Message("grants", [("active", active ? "1" : "0"), ("mine", mine ? "1" : "0")]))
-        let gs = reply.records.map(GrantView.init)
+        let gs = try connection.all(Message("grants", [("active", active ? "1" : "0"), ("mine", mine ? "1" : "0")])).map(GrantView.init)
         if json { print(Output.json(gs)); return }
         if gs.isEmpty { print(active ? "No active grants." : "No grants."); return }
         print(Output.table(["ID", "REQUEST", "STATE", "USER", "ENV", "SCOPE", "EXPIRES", "ENDED BY"],

@@ -275,3 +275,29 @@ typealias D = FakeDirectory
         #expect(throws: JITError.self) { try Store(path: path) }
     }
 }
+
+@Suite struct PagingTests {
+    @Test func longListingsComeInPagesThatFitAFrame() throws {
+        let h = try Harness()
+        let reason = String(repeating: "é", count: 490)
+        for _ in 0..<250 {
+            #expect(h.call(D.alice, "request", [("for", "60"), ("reason", reason)]).isOK)
+        }
+        var seen: [String] = []
+        var before: String? = nil
+        var pages = 0
+        repeat {
+            var f: [(String, String)] = []
+            if let b = before { f.append(("before", b)) }
+            let r = h.call(D.bob, "list", f)
+            #expect(r.isOK)
+            #expect(try r.encodeFrame().count <= Wire.maxFrame)
+            seen += r.records.compactMap { $0.first { $0.0 == "id" }?.1 }
+            before = r["next"]
+            pages += 1
+        } while before != nil && pages < 100
+        #expect(seen.count == 250)
+        #expect(Set(seen).count == 250)
+        #expect(pages > 1)
+    }
+}
