@@ -35,7 +35,7 @@ e2e: build
 
 ## The main job, end to end, in plain words, on a throw-away agent, sshd and users.
 demo: build
-	@sh scripts/demo.sh
+	@JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 scripts/demo.py
 
 clean:
 	rm -rf .build dist

@@ -2,7 +2,7 @@
 # Installs, with apt, the Debian packages jit-access needs to build and test. Safe to run again: it only
 # installs what is missing, and runs 'apt-get update' once, only when something is missing.
 set -eu
-PKGS="libpam0g-dev libsqlite3-dev sqlite3 pamtester openssh-server openssh-client sudo valgrind clang util-linux procps python3"
+PKGS="build-essential binutils libpam0g-dev libsqlite3-dev sqlite3 pamtester openssh-server openssh-client sudo valgrind util-linux procps python3"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,6 +22,13 @@ if ! python3 -m pytest --version >/dev/null 2>&1; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null 2>&1 || python3 -m pip install -q pytest
     fi
     python3 -m pytest --version >/dev/null 2>&1 || { echo "deps: pytest is missing; install python3-pytest" >&2; exit 1; }
+fi
+# pexpect types into ssh's keyboard-interactive prompts in the end-to-end tests.
+if ! python3 -c "import pexpect" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pexpect >/dev/null 2>&1 || python3 -m pip install -q pexpect
+    fi
+    python3 -c "import pexpect" >/dev/null 2>&1 || { echo "deps: pexpect is missing; install python3-pexpect" >&2; exit 1; }
 fi
 if ! command -v swift >/dev/null 2>&1; then
     echo "deps: swift is not on PATH; add the Swift 6 toolchain (e.g. export PATH=/opt/swift/usr/bin:\$PATH)" >&2
