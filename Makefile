@@ -1,13 +1,14 @@
 # jit-access — the two commands a newcomer needs:
 #   make demo    the main job end to end (as root, on a scratch Debian 12 machine)
 #   make check   every test: Swift unit tests, the PAM module's C tests, end-to-end tests (as root)
+#   make deb     dist/jit-access_VERSION_amd64.deb (static release binary, stripped module; see packaging/README.md)
 
 SWIFT     ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 BUILD     := .build/debug
 PYTEST    ?= python3 -m pytest
 
-.PHONY: all deps build pam check unit pamcheck e2e demo clean
+.PHONY: all deps build pam check unit pamcheck e2e demo deb clean
 
 all: build
 
@@ -21,8 +22,8 @@ build: deps
 pam: deps
 	$(MAKE) -C pam
 
-## Every test. CI runs exactly this (.ci/run).
-check: build
+## Every test. CI runs exactly this (.ci/run). The package is built first: tests/e2e/test_deb.py installs it.
+check: build deb
 	$(SWIFT) test
 	$(MAKE) -C pam check
 	JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so $(PYTEST) -q -p no:cacheprovider tests/e2e
@@ -33,10 +34,14 @@ unit: build
 e2e: build
 	JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so $(PYTEST) -q -p no:cacheprovider tests/e2e
 
+## The Debian package, from a clean checkout: dist/jit-access_VERSION_amd64.deb (scripts/build-deb.sh).
+deb: deps
+	@sh scripts/build-deb.sh
+
 ## The main job, end to end, in plain words, on a throw-away agent, sshd and users.
 demo: build
 	@JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 scripts/demo.py
 
 clean:
-	rm -rf .build dist
+	rm -rf .build .build-release .build-deb dist
 	$(MAKE) -C pam clean

@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", exact: "6.2.2"),
+        // Tests only: property-based tests of the policy's invariants.
+        .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
     ],
     targets: [
         // The logic: model, life cycle, durations, config, policy, wire protocol. No I/O of its own.
@@ -55,17 +57,31 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .executableTarget(
-            name: "jitd",
+        // The command tree of `jitd` (run, check-config, revoke-all).
+        .target(
+            name: "JITDaemon",
             dependencies: [
                 "JITAgent",
+                "JITCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
+        .executableTarget(name: "jitd", dependencies: ["JITDaemon"], swiftSettings: strict),
         .executableTarget(name: "jit", dependencies: ["JITCLI"], swiftSettings: strict),
-        .testTarget(name: "JITCoreTests", dependencies: ["JITCore"], swiftSettings: strict),
+        // What the .deb ships: one binary, installed as jitd and jit; the name it runs under picks the tree.
+        .executableTarget(name: "jit-multicall", dependencies: ["JITCLI", "JITDaemon"], swiftSettings: strict),
+        .testTarget(
+            name: "JITCoreTests",
+            dependencies: ["JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            swiftSettings: strict
+        ),
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
-        .testTarget(name: "JITAgentTests", dependencies: ["JITAgent", "JITCore"], swiftSettings: strict),
+        .testTarget(
+            name: "JITAgentTests",
+            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            swiftSettings: strict
+        ),
     ]
 )

@@ -3,6 +3,8 @@
 # installs what is missing, and runs 'apt-get update' once, only when something is missing.
 set -eu
 PKGS="build-essential binutils libpam0g-dev libsqlite3-dev sqlite3 pamtester openssh-server openssh-client sudo valgrind util-linux procps python3"
+# The .deb (make deb, tests/e2e/test_deb.py): dpkg-shlibdeps, xz, lintian, systemd-analyze verify.
+PKGS="$PKGS dpkg-dev xz-utils lintian systemd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

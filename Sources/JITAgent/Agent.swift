@@ -63,6 +63,7 @@ public final class Agent: Sendable {
         engine.expireDue()
         let cfg = engine.config
         engine.logger.notice("jitd \(JITVersion.string) serving \(cfg.environment) on \(cfg.socket), database \(cfg.database)")
+        for w in PolicyReport.warnings(cfg, file: configPath, directory: engine.directory) { engine.logger.warning("\(w)") }
 
         let serverThread = Thread { [server] in server.serve() }
         serverThread.start()
@@ -99,6 +100,7 @@ public final class Agent: Sendable {
             }
             engine.replaceConfig(c)
             engine.logger.notice("reloaded \(configPath)")
+            for w in PolicyReport.warnings(c, file: configPath, directory: engine.directory) { engine.logger.warning("\(w)") }
             reconcileNow.store(true, ordering: .sequentiallyConsistent)
             engine.schedulerWaker.wake()
         } catch {

@@ -37,6 +37,8 @@ public final class Engine: Sendable {
     public let effects: any GrantEffects
     public let sessions: any SessionControl
     public let logger: Logger
+    /// Tells approvers about new requests, escalations and break-glass (see `Notifier`).
+    public let notifier: any Notifier
     public let startedAt: Date
     let configBox: Mutex<Config>
     let waiters = Mutex<[Int64: [Waker]]>([:])
@@ -44,8 +46,10 @@ public final class Engine: Sendable {
     public let schedulerWaker = Waker()
 
     public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
-                effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd")) {
+                effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd"),
+                notifier: any Notifier = NoNotifier()) {
         self.sessions = sessions
+        self.notifier = notifier
         self.configBox = Mutex(config)
         self.store = store
         self.clock = clock
@@ -93,7 +97,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["session", "user", "service", "pid"])
                 return try sessionClose(m, c)
             case "request":
-                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user"])
+                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass"])
                 return Message("ok", try fileRequest(m, c).fields)
             case "list":
                 try m.onlyKeys(["pending", "mine", "before"])
@@ -109,10 +113,10 @@ public final class Engine: Sendable {
                 }
                 return Message("ok", r.fields)
             case "approve":
-                try m.onlyKeys(["id", "comment"])
-                let d = try approve(id: try id(m, "id"), by: c, comment: try comment(m))
+                try m.onlyKeys(["id", "comment", "otp"])
+                let d = try approve(id: try id(m, "id"), by: c, comment: try comment(m), otp: m["otp"])
                 var f = d.request.fields
-                f.append(("approvals_needed", String(max(0, config.policy.approvalsRequired - d.request.approvals.count))))
+                f.append(("approvals_needed", String(d.needed)))
                 return Message("ok", f)
             case "deny":
                 try m.onlyKeys(["id", "comment"])
@@ -129,6 +133,18 @@ public final class Engine: Sendable {
             case "status":
                 try m.onlyKeys([])
                 return try status()
+            case "extend":
+                try m.onlyKeys(["grant", "for", "reason", "ticket"])
+                return Message("ok", try extend(m, c).fields)
+            case "explain":
+                try m.onlyKeys(["user", "env", "scope", "command", "runas", "for", "rhost", "at", "ticket"])
+                return try explain(m, c)
+            case "mfa_enroll":
+                try m.onlyKeys(["otp"])
+                return try mfaEnroll(m, c)
+            case "mfa_reset":
+                try m.onlyKeys(["user"])
+                return try mfaReset(m, c)
             case "wait":
                 throw JITError(.badRequest, "'wait' is handled by the server")
             default:
@@ -198,24 +214,16 @@ public final class Engine: Sendable {
         guard secs > 0 else { throw JITError(.invalid, "the duration must be at least 1s; use --for like 30m or 1h") }
         let scope: Scope
         do { scope = try Scope(name: m["scope"] ?? "login", commands: m.all("command")) } catch { throw JITError(error) }
-        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "")
+        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"])
+        if try m.boolField("break_glass") {
+            return try breakGlass(draft, for: who).request
+        }
         return try file(draft, for: who)
     }
 
-    /// Admits a draft against the policy and stores it as pending.
+    /// Admits a draft under the policy's rules and stores it: pending, or approved at once by an automatic rule.
     public func file(_ d: Draft, for who: Identity) throws(JITError) -> AccessRequest {
-        let cfg = config
-        let a = try cfg.policy.admit(d, from: who, hostEnvironment: cfg.environment)
-        try effects.validate(user: who.name, scope: a.scope, runAs: a.runAs ?? "")
-        let now = clock.now()
-        let r = AccessRequest(
-            user: who.name, uid: who.uid, environment: a.environment ?? cfg.environment, scope: a.scope, runAs: a.runAs ?? "",
-            duration: a.duration ?? cfg.policy.defaultDuration, reason: a.reason, createdAt: now,
-            expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: "default", rhost: d.rhost, service: d.service)
-        let stored = try store.insert(r)
-        logger.info("request \(stored.id) filed by \(who.name): \(stored.scope.summary) for \(Durations.format(stored.duration))")
-        schedulerWaker.wake()
-        return stored
+        try fileDecision(d, for: who, extending: nil).request
     }
 
     public func cancel(id: Int64, by c: Identity, why: String?) throws(JITError) -> AccessRequest {
@@ -225,40 +233,6 @@ public final class Engine: Sendable {
             }
         }
         logger.info("request \(id) cancelled by \(c.name)")
-        notifyWaiters(id)
-        return r
-    }
-
-    public func approve(id: Int64, by c: Identity, comment: String?) throws(JITError) -> Store.Decision {
-        let policy = config.policy
-        let d = try store.approve(id: id, by: c.name, comment: comment, at: clock.now(), required: policy.approvalsRequired,
-                                  noPassword: policy.noPassword) { r throws(JITError) in
-            try policy.mayDecide(r, by: c)
-        }
-        guard let g = d.grant else {
-            logger.info("request \(id): approval by \(c.name) counted (\(d.request.approvals.count) of \(policy.approvalsRequired))")
-            return d
-        }
-        do {
-            try effects.started(g)
-        } catch {
-            logger.error("grant \(g.id) failed: \(error.message)")
-            _ = try? store.endGrant(id: g.id, as: .revoked, by: "jitd (failed: \(error.message))", at: clock.now())
-            notifyWaiters(id)
-            throw JITError(.internal, "request \(id) was approved but grant \(g.id) could not be put in place (\(error.message)); it was revoked. Fix the cause and ask the user to request again")
-        }
-        logger.info("request \(id) approved by \(c.name): grant \(g.id) until \(Timestamps.format(g.expiresAt))")
-        notifyWaiters(id)
-        schedulerWaker.wake()
-        return d
-    }
-
-    public func deny(id: Int64, by c: Identity, comment: String?) throws(JITError) -> AccessRequest {
-        let policy = config.policy
-        let r = try store.end(id: id, as: .denied, by: c.name, comment: comment, at: clock.now()) { r throws(JITError) in
-            try policy.mayDecide(r, by: c)
-        }
-        logger.info("request \(id) denied by \(c.name)")
         notifyWaiters(id)
         return r
     }
@@ -316,8 +290,14 @@ public final class Engine: Sendable {
         }
         let draft = Draft(scope: kind == .sudo ? .sudo : .login, reason: reason, rhost: rhost, service: service)
         do {
-            let r = try file(draft, for: who)
-            return pendingReply(r)
+            let d = try fileDecision(draft, for: who, extending: nil)
+            if let g = d.grant {
+                return Message("ok", [
+                    ("decision", "allow"), ("grant", String(g.id)), ("expires_at", Timestamps.format(g.expiresAt)),
+                    ("message", "access granted by rule '\(d.request.rule)' (automatic) until \(Timestamps.format(g.expiresAt))"),
+                ])
+            }
+            return pendingReply(d.request)
         } catch {
             return Message("ok", [("decision", "deny"), ("message", "access denied: \(error.message)")])
         }
@@ -453,7 +433,8 @@ public final class Engine: Sendable {
                     logger.warning("grant \(g.id): \(error.message)")
                 }
             }
-            let next = try store.nextDeadline()
+            var next = try store.nextDeadline()
+            if let e = escalate(now: now), next == nil || e < next! { next = e }
             if let w = warnSessions(), next == nil || w < next! { return w }
             return next
         } catch {

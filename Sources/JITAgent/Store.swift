@@ -94,12 +94,13 @@ public final class Store: Sendable {
                 CREATE INDEX sessions_open ON sessions(grant_id, closed_at);
                 """)
         }
+        m.registerMigration("v2", migrate: Store.migrateV2)
         return m
     }
 
     // MARK: rows
 
-    static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service"
+    static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service, approved_via, ticket, extends"
 
     static func scope(_ name: String, _ commands: String) -> Scope {
         switch name {
@@ -112,7 +113,9 @@ public final class Store: Sendable {
     func request(from row: Row, _ db: Database) throws -> AccessRequest {
         let id: Int64 = row["id"]
         let approvals = try String.fetchAll(db, sql: "SELECT approver FROM approvals WHERE request_id = ? ORDER BY at, approver", arguments: [id])
-        let grantID = try Int64.fetchOne(db, sql: "SELECT id FROM grants WHERE request_id = ?", arguments: [id])
+        let extends: Int64? = row["extends"]
+        let state = RequestState(rawValue: row["state"]) ?? .expired
+        let grantID = try Int64.fetchOne(db, sql: "SELECT id FROM grants WHERE request_id = ?", arguments: [id]) ?? (state == .approved ? extends : nil)
         return AccessRequest(
             id: id, user: row["user"], uid: UInt32(truncatingIfNeeded: row["uid"] as Int64), environment: row["environment"],
             scope: Store.scope(row["scope"], row["commands"]), runAs: row["runas"], duration: row["duration"],
@@ -120,7 +123,8 @@ public final class Store: Sendable {
             createdAt: Timestamps.date(millis: row["created_at"]), expiresAt: Timestamps.date(millis: row["expires_at"]),
             decidedAt: (row["decided_at"] as Int64?).map(Timestamps.date(millis:)), decidedBy: row["decided_by"],
             comment: row["comment"], rule: row["rule"], rhost: row["rhost"], service: row["service"],
-            approvals: approvals, grantID: grantID)
+            approvals: approvals, grantID: grantID, approvedVia: (row["approved_via"] as String?).flatMap(ApprovedVia.init(rawValue:)),
+            ticket: row["ticket"], extends: extends)
     }
 
     static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd"
@@ -214,8 +218,8 @@ public final class Store: Sendable {
     public func pendingRequest(user: String, kind: ServiceKind) throws(JITError) -> AccessRequest? {
         try read { db in
             let sql = kind == .sudo
-                ? "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND scope != 'login' ORDER BY id DESC LIMIT 1"
-                : "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' ORDER BY id DESC LIMIT 1"
+                ? "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND scope != 'login' AND extends IS NULL ORDER BY id DESC LIMIT 1"
+                : "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND extends IS NULL ORDER BY id DESC LIMIT 1"
             return try Row.fetchOne(db, sql: sql, arguments: [user]).map { try self.request(from: $0, db) }
         }
     }

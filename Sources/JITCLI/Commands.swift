@@ -24,7 +24,10 @@ public struct JIT: ParsableCommand {
               6  no such request or grant
             """,
         version: JITVersion.cliString,
-        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Status.self]
+        subcommands: [
+            Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
+            PolicyCommand.self, MFA.self,
+        ]
     )
     public init() {}
 
@@ -107,6 +110,9 @@ struct Request: ParsableCommand {
     @Flag(help: "Ask for sudo with any command.") var sudo = false
     @Option(name: .customLong("command"), help: "A command to run with sudo: an absolute path with exact arguments. Repeat for more.") var commands: [String] = []
     @Option(help: "The user to run commands as (default root).") var runas: String?
+    @Option(help: "A ticket reference, like OPS-123 (some rules require one).") var ticket: String?
+    @Flag(name: .customLong("break-glass"), help: "Emergency access at once, without approval (break-glass groups only; always audited, every approver is notified).")
+    var breakGlass = false
     @Flag(help: "Wait for the decision; exit 0 only when access is granted.") var wait = false
     @Option(help: "With --wait: give up after this long (default 1h).") var timeout: String = "1h"
     @Flag(help: "Print JSON.") var json = false
@@ -132,8 +138,21 @@ struct Request: ParsableCommand {
         for c in commands { m.add("command", c) }
         if let env { m.add("env", env) }
         if let runas { m.add("runas", runas) }
+        if let ticket { m.add("ticket", ticket) }
+        if breakGlass { m.add("break_glass", "1") }
         let reply = try connection.call(m)
         let r = RequestView(reply.fields)
+        if r.state == "approved" {
+            if json { print(Output.json(r)); return }
+            let grant = r.grant_id.map { "grant \($0)" } ?? "a grant"
+            if r.approved_via == "break-glass" {
+                print("BREAK-GLASS: request \(r.id) granted at once: \(grant) gives you \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)).")
+                print("This bypass is recorded and every approver is notified.")
+            } else {
+                print("request \(r.id) approved automatically by rule '\(r.rule)': \(grant) gives you \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)).")
+            }
+            return
+        }
         if !wait {
             if json { print(Output.json(r)) } else {
                 print("request \(r.id) filed: \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)); waiting for approval.")
@@ -195,11 +214,18 @@ struct Approve: ParsableCommand {
     @OptionGroup var connection: Connection
     @Argument(help: "The request ID.") var id: String
     @Option(help: "A comment for the record.") var comment: String?
+    @Option(help: "The current code of your authenticator app, when the rule asks approvers for one (see 'jit mfa enroll').") var otp: String?
     @Flag(help: "Print JSON.") var json = false
-    func validate() throws { _ = try parseID(id, "request") }
+    func validate() throws {
+        _ = try parseID(id, "request")
+        if let otp, otp.count != 6 || !otp.allSatisfy(\.isASCII) || !otp.allSatisfy(\.isNumber) {
+            throw ArgumentParser.ValidationError("--otp must be the 6-digit code your authenticator app shows")
+        }
+    }
     func run() throws {
         var m = Message("approve", [("id", id)])
         if let comment { m.add("comment", comment) }
+        if let otp { m.add("otp", otp) }
         let r = RequestView(try connection.call(m).fields)
         if json { print(Output.json(r)); return }
         if r.state == "approved" {

@@ -22,6 +22,9 @@ struct RequestView: Codable {
     var grant_id: Int64?
     var approvals: [String]
     var approvals_needed: Int?
+    var approved_via: String?
+    var ticket: String?
+    var extends: Int64?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -44,6 +47,9 @@ struct RequestView: Codable {
         grant_id = v("grant").flatMap { Int64($0) }
         approvals = f.filter { $0.0 == "approval" }.map(\.1)
         approvals_needed = v("approvals_needed").flatMap { Int($0) }
+        approved_via = v("approved_via")
+        ticket = v("ticket")
+        extends = v("extends").flatMap { Int64($0) }
     }
 
     var scopeText: String {
@@ -133,6 +139,9 @@ enum Output {
         if let d = r.decided_at { lines.append("  decided:     \(d)" + (r.decided_by.map { " by \($0)" } ?? "")) }
         if let c = r.comment { lines.append("  comment:     \(clean(c))") }
         if let g = r.grant_id { lines.append("  grant:       \(g)") }
+        if !r.rule.isEmpty { lines.append("  rule:        \(r.rule)" + (r.approved_via.map { " (approved via \($0))" } ?? "")) }
+        if let t = r.ticket { lines.append("  ticket:      \(clean(t))") }
+        if let e = r.extends { lines.append("  extends:     grant \(e)") }
         return lines.joined(separator: "\n")
     }
 }

@@ -50,6 +50,14 @@ public struct Policy: Equatable, Sendable {
     public var gate: Gate = .requesters
     public var onExpiry: OnExpiry = .terminate
     public var expiryWarning: Int64 = 300
+    /// The rules written under `rules:`, tried in order before the default rule.
+    public var rules: [Rule] = []
+    /// Whether the request settings above form a last rule named "default" (see `Config.parse`).
+    public var defaultRule: Bool = true
+    /// Break-glass, when the config has a `break_glass:` block.
+    public var breakGlass: BreakGlass? = nil
+    /// The line of the `policy:` block, for messages about the default rule.
+    public var line: Int? = nil
     public init() {}
 }
 
@@ -63,6 +71,8 @@ public struct Config: Equatable, Sendable {
     public static let hardCeiling: Int64 = 7 * 86_400
 
     public var environment: String = "production"
+    /// This host's labels; rules may require some (`labels: [db]`).
+    public var labels: [String] = []
     public var socket: String = Config.defaultSocket
     public var database: String = Config.defaultDatabase
     public var sudoersDir: String = Config.defaultSudoersDir
@@ -115,7 +125,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "policy"], path: "")
+        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "policy", "rules", "break_glass"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -128,10 +138,18 @@ public struct Config: Equatable, Sendable {
             case "sudoers_dir": c.sudoersDir = try r.absolutePath(value, path: key)
             case "pending_ttl": c.pendingTTL = try r.duration(value, path: key, ceiling: Config.hardCeiling)
             case "reconcile_interval": c.reconcileInterval = try r.duration(value, path: key, ceiling: 60)
-            case "policy": c.policy = try parsePolicy(value, r: r)
+            case "policy":
+                let rules = c.policy.rules, bg = c.policy.breakGlass
+                c.policy = try parsePolicy(value, r: r)
+                c.policy.line = keyNode.mark?.line
+                c.policy.rules = rules
+                c.policy.breakGlass = bg
+            case "labels": c.labels = try r.names(value, path: key, nonEmpty: false)
+            case "rules", "break_glass": break
             default: throw r.error(keyNode, key, "is not a known setting")
             }
         }
+        try parseRules(top, into: &c, r: r)
         return c
     }
 

@@ -109,12 +109,19 @@ public struct AccessRequest: Equatable, Sendable {
     public var service: String
     public var approvals: [String]
     public var grantID: Int64?
+    /// How it was approved: approvers, auto (the rule approved it) or break-glass (a bypass). Nil until approved.
+    public var approvedVia: ApprovedVia?
+    /// The ticket given with the request, if any.
+    public var ticket: String?
+    /// For an extension: the grant it asks more time for.
+    public var extends: Int64?
 
     public init(
         id: Int64 = 0, user: String, uid: UInt32, environment: String, scope: Scope, runAs: String,
         duration: Int64, reason: String, state: RequestState = .pending, createdAt: Date, expiresAt: Date,
         decidedAt: Date? = nil, decidedBy: String? = nil, comment: String? = nil, rule: String = "default",
-        rhost: String = "", service: String = "", approvals: [String] = [], grantID: Int64? = nil
+        rhost: String = "", service: String = "", approvals: [String] = [], grantID: Int64? = nil,
+        approvedVia: ApprovedVia? = nil, ticket: String? = nil, extends: Int64? = nil
     ) {
         self.id = id
         self.user = user
@@ -135,6 +142,9 @@ public struct AccessRequest: Equatable, Sendable {
         self.service = service
         self.approvals = approvals
         self.grantID = grantID
+        self.approvedVia = approvedVia
+        self.ticket = ticket
+        self.extends = extends
     }
 
     /// Wire form (docs/PROTOCOL.md, `show`).
@@ -154,6 +164,9 @@ public struct AccessRequest: Equatable, Sendable {
         if let c = comment { f.append(("comment", c)) }
         if let g = grantID { f.append(("grant", String(g))) }
         for a in approvals { f.append(("approval", a)) }
+        if let v = approvedVia { f.append(("approved_via", v.rawValue)) }
+        if let t = ticket { f.append(("ticket", t)) }
+        if let e = extends { f.append(("extends", String(e))) }
         return f
     }
 }

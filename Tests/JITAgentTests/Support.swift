@@ -24,7 +24,14 @@ struct FakeDirectory: UserDirectory {
     static let dave = Identity(uid: 2004, name: "dave", groups: ["dave", "jit-approvers"])
     static let mallory = Identity(uid: 2005, name: "mallory", groups: ["mallory"])
     static let root = Identity(uid: 0, name: "root", groups: ["root"])
-    static let standard = FakeDirectory(users: [alice, bob, carol, dave, mallory, root])
+    // For policy rules: SRE and security approvers, a manager tier, developers, a break-glass member.
+    static let erin = Identity(uid: 2006, name: "erin", groups: ["erin", "sre"])
+    static let frank = Identity(uid: 2007, name: "frank", groups: ["frank", "sre", "security"])
+    static let grace = Identity(uid: 2008, name: "grace", groups: ["grace", "security"])
+    static let heidi = Identity(uid: 2009, name: "heidi", groups: ["heidi", "managers"])
+    static let ivan = Identity(uid: 2010, name: "ivan", groups: ["ivan", "devs", "breakglass"])
+    static let judy = Identity(uid: 2011, name: "judy", groups: ["judy", "devs", "sre"])
+    static let standard = FakeDirectory(users: [alice, bob, carol, dave, mallory, root, erin, frank, grace, heidi, ivan, judy])
 }
 
 /// Records what the engine asked the outside world to do; can be told to fail.
@@ -40,6 +47,22 @@ final class RecordingEffects: GrantEffects {
     }
     func ended(_ g: Grant) { log.withLock { $0.append("ended \(g.id) \(g.state.rawValue)") } }
     func reconcile(active: [Grant]) { log.withLock { $0.append("reconcile \(active.map(\.id))") } }
+    var entries: [String] { log.withLock { $0 } }
+}
+
+/// Records policy events instead of delivering them.
+final class RecordingNotifier: Notifier {
+    let log = Mutex<[String]>([])
+    func notify(_ event: PolicyEvent) {
+        let line: String
+        switch event {
+        case .filed(let r, let g): line = "filed \(r.id) \(g.joined(separator: ","))"
+        case .escalated(let r, let t, let g): line = "escalated \(r.id) tier \(t) \(g.joined(separator: ","))"
+        case .autoApproved(let r, let g): line = "auto \(r.id) grant \(g.id)"
+        case .breakGlass(let r, let g, _): line = "break-glass \(r.id) grant \(g.id)"
+        }
+        log.withLock { $0.append(line) }
+    }
     var entries: [String] { log.withLock { $0 } }
 }
 
@@ -69,6 +92,7 @@ struct Harness {
     let clock = ManualClock()
     let effects = RecordingEffects()
     let sessions = FakeSessions()
+    let notifier = RecordingNotifier()
     let engine: Engine
 
     init(_ edit: (inout Config) -> Void = { _ in }) throws {
@@ -77,7 +101,7 @@ struct Harness {
         c.database = dir.file("db/jit.db")
         c.socket = dir.file("jitd.sock")
         edit(&c)
-        engine = Engine(config: c, store: try Store(path: c.database), clock: clock, directory: FakeDirectory.standard, effects: effects, sessions: sessions)
+        engine = Engine(config: c, store: try Store(path: c.database), clock: clock, directory: FakeDirectory.standard, effects: effects, sessions: sessions, notifier: notifier)
     }
 
     func call(_ who: Identity, _ word: String, _ fields: [(String, String)] = []) -> Message {

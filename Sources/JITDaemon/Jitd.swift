@@ -1,16 +1,19 @@
-import ArgumentParser
+public import ArgumentParser
 import JITAgent
 import JITCore
 import Logging
 
-@main
-struct Jitd: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `jitd`: the agent's command tree. A library, so that the `jitd` executable and the multi-call binary
+/// the package ships (`jit-multicall`, installed as both `jit` and `jitd`) run the same commands.
+public struct Jitd: ParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         commandName: "jitd",
         abstract: "The jit-access agent: serves requests, approvals and grants on this host.",
         discussion: "Runs as root. See jitd(8), jit.yaml(5) and docs/PROTOCOL.md.",
         version: JITVersion.string,
-        subcommands: [Run.self, CheckConfig.self],
+        subcommands: [Run.self, CheckConfig.self, RevokeAll.self],
         defaultSubcommand: Run.self
     )
 }
@@ -48,7 +51,8 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         do {
             let c = try Config.load(path: config)
-            print("\(config): OK (environment \(c.environment), \(c.policy.requesterGroups.joined(separator: ",")) may request up to \(Durations.format(c.policy.maxDuration)), \(c.policy.approvalsRequired) approval(s) from \(c.policy.approverGroups.joined(separator: ",")))")
+            print(PolicyReport.summary(c, file: config))
+            for w in PolicyReport.warnings(c, file: config, directory: SystemDirectory()) { FileHandleErr.write("jitd: \(w)\n") }
         } catch {
             FileHandleErr.write("jitd: \(error.description)\n")
             throw ExitCode(1)

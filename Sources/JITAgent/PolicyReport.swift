@@ -1,0 +1,30 @@
+public import JITCore
+
+/// What `jitd check-config` (and the agent at start and reload) says about a valid policy: a summary, and
+/// warnings that do not stop it (groups this host does not know: they may come from LDAP later).
+public enum PolicyReport {
+    public static func summary(_ c: Config, file: String) -> String {
+        let p = c.policy
+        if p.rules.isEmpty && p.breakGlass == nil {
+            return "\(file): OK (environment \(c.environment), \(p.requesterGroups.joined(separator: ",")) may request up to \(Durations.format(p.maxDuration)), \(p.approvalsRequired) approval(s) from \(p.approverGroups.joined(separator: ",")))"
+        }
+        var lines = ["\(file): OK (environment \(c.environment)\(c.labels.isEmpty ? "" : ", labels \(c.labels.joined(separator: ","))"), \(p.effectiveRules.count) rule(s), tried in order)"]
+        for r in p.effectiveRules {
+            lines.append("  \(r.label): \(r.requesters.summary); \(r.scopes.sorted().joined(separator: ",")) up to \(Durations.format(r.maxDuration)); \(r.approvalSummary)" + (r.conditions.isEmpty ? "" : "; when \(r.conditions.summary)"))
+        }
+        if let b = p.breakGlass { lines.append("  break-glass: \(b.groups.joined(separator: ",")) up to \(Durations.format(b.maxDuration))") }
+        return lines.joined(separator: "\n")
+    }
+
+    public static func warnings(_ c: Config, file: String, directory: any UserDirectory) -> [String] {
+        var seen = Set<String>()
+        var out: [String] = []
+        for ref in c.groupReferences where !directory.groupExists(ref.group) {
+            let key = "\(ref.field)/\(ref.group)"
+            guard seen.insert(key).inserted else { continue }
+            let at = ref.line.map { "\(file):\($0)" } ?? file
+            out.append("warning: \(at): \(ref.field): the group '\(ref.group)' is not known on this host (it may come from LDAP later)")
+        }
+        return out
+    }
+}

@@ -1,0 +1,3 @@
+import JITDaemon
+
+Jitd.main()
