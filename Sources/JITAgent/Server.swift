@@ -166,6 +166,7 @@ public final class Server: Sendable {
                 return
             case .failed(let e):
                 conn.send(.error(e.code, e.message))
+                conn.linger()
                 return
             case .message(let m):
                 msg = m
@@ -280,6 +281,25 @@ struct Connection {
             got += n
         }
         return .ok
+    }
+
+    /// After an error reply to a frame we did not read whole: stop sending, then read and drop what the
+    /// client is still sending (bounded in bytes and time), so that closing does not reset the connection
+    /// and destroy the reply before the client reads it.
+    func linger(maxBytes: Int = 16 << 20, seconds: Double = 1) {
+        shutdown(fd, Int32(SHUT_WR))
+        let deadline = Date().addingTimeInterval(seconds)
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var total = 0
+        while total < maxBytes {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, Int32(left * 1000) + 1) <= 0 { return }
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n <= 0 { return }
+            total += n
+        }
     }
 
     /// Sends a reply; false when the client is gone or too slow to take it.

@@ -8,6 +8,8 @@ public import JITCore
 public final class Store: Sendable {
     public let path: String
     let pool: DatabasePool
+    /// Poked after every committed change: the audit shipper waits on it.
+    public let appended = Waker()
 
     /// Opens (and migrates) the database. Refuses, with a sentence naming the file, a database that is
     /// read-only, corrupt, or not ours.
@@ -29,6 +31,7 @@ public final class Store: Sendable {
         config.label = "jit"
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            Store.addAuditFunctions(db)
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
@@ -94,6 +97,7 @@ public final class Store: Sendable {
                 CREATE INDEX sessions_open ON sessions(grant_id, closed_at);
                 """)
         }
+        Store.registerAuditMigration(&m)
         return m
     }
 
@@ -138,6 +142,7 @@ public final class Store: Sendable {
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
     func write<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
         do {
+            defer { appended.wake() }
             return try pool.write { db in try body(db) }
         } catch let e as JITError {
             throw e

@@ -24,7 +24,7 @@ public struct JIT: ParsableCommand {
               6  no such request or grant
             """,
         version: JITVersion.cliString,
-        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Status.self]
+        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Status.self, Audit.self]
     )
     public init() {}
 

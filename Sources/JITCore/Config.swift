@@ -69,6 +69,7 @@ public struct Config: Equatable, Sendable {
     public var pendingTTL: Int64 = 3600
     /// How often sudoers files are reconciled with the store even when nothing changed (at most 1 minute).
     public var reconcileInterval: Int64 = 60
+    public var audit = AuditSettings()
     public var policy = Policy()
 
     public init() {}
@@ -115,7 +116,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "policy"], path: "")
+        try r.onlyKeys(top, ["environment", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "audit", "policy"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -128,6 +129,7 @@ public struct Config: Equatable, Sendable {
             case "sudoers_dir": c.sudoersDir = try r.absolutePath(value, path: key)
             case "pending_ttl": c.pendingTTL = try r.duration(value, path: key, ceiling: Config.hardCeiling)
             case "reconcile_interval": c.reconcileInterval = try r.duration(value, path: key, ceiling: 60)
+            case "audit": c.audit = try parseAudit(value, r: r)
             case "policy": c.policy = try parsePolicy(value, r: r)
             default: throw r.error(keyNode, key, "is not a known setting")
             }
