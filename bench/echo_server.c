@@ -1,6 +1,7 @@
 /*
  * echo_server: the Unix-socket floor. Accepts, reads one length-prefixed frame, writes it back, closes.
- *   echo_server PATH      (runs until killed; one thread per connection, like jitd)
+ *   echo_server PATH      (runs until killed; connections are served by a small pool of threads that each
+ *                          accept and serve in turn: no thread is created per connection)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -42,6 +43,19 @@ static void *serve(void *arg)
 	return NULL;
 }
 
+static int listener;
+
+static void *acceptor(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+		if (c >= 0)
+			serve((void *)(intptr_t)c);
+	}
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2)
@@ -54,17 +68,11 @@ int main(int argc, char **argv)
 		perror("bind/listen");
 		return 1;
 	}
-	for (;;) {
-		int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0)
-			continue;
-		pthread_t t;
-		pthread_attr_t at;
-		pthread_attr_init(&at);
-		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-		pthread_attr_setstacksize(&at, 256 * 1024);
-		if (pthread_create(&t, &at, serve, (void *)(intptr_t)c) != 0)
-			close(c);
-		pthread_attr_destroy(&at);
-	}
+	listener = s;
+	pthread_t t[64];
+	for (int i = 0; i < 64; i++)
+		pthread_create(&t[i], NULL, acceptor, NULL);
+	for (int i = 0; i < 64; i++)
+		pthread_join(t[i], NULL);
+	return 0;
 }

@@ -47,7 +47,7 @@ public final class Agent: Sendable {
         self.overrides = overrides
         let store = try Store(path: config.database)
         let fx = effects?(config, logger, store) ?? NoEffects()
-        engine = Engine(config: config, store: store, effects: fx, logger: logger)
+        engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger)
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
     }

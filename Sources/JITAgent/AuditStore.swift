@@ -114,13 +114,13 @@ extension Store {
         defer { appended.wake() }
         do {
             if durable {
-                try pool.write { db in try db.execute(sql: sql, arguments: args) }
+                try pool.write { db in try db.cachedStatement(sql: sql).execute(arguments: args) }
             } else {
                 try pool.writeWithoutTransaction { db in
-                    try db.execute(sql: "PRAGMA synchronous = NORMAL")
-                    defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
+                    try db.cachedStatement(sql: "PRAGMA synchronous = NORMAL").execute()
+                    defer { try? db.cachedStatement(sql: "PRAGMA synchronous = FULL").execute() }
                     try db.inTransaction {
-                        try db.execute(sql: sql, arguments: args)
+                        try db.cachedStatement(sql: sql).execute(arguments: args)
                         return .commit
                     }
                 }

@@ -337,7 +337,7 @@ public final class Store: Sendable {
             let sql = kind == .sudo
                 ? "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? AND scope != 'login' ORDER BY expires_at DESC LIMIT 1"
                 : "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1"
-            return try Row.fetchOne(db, sql: sql, arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
+            return try Row.fetchOne(db.cachedStatement(sql: sql), arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
         }
     }
 
