@@ -8,7 +8,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 BUILD     := .build/debug
 PYTEST    ?= python3 -m pytest
 
-.PHONY: all deps build pam check unit pamcheck e2e demo deb clean
+.PHONY: all deps build pam check unit pamcheck e2e demo deb bench clean
 
 all: build
 
@@ -42,6 +42,14 @@ deb: deps
 demo: build
 	@JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 scripts/demo.py
 
+## Benchmarks (release build; prints a table, writes bench/results.json). Not a test.
+bench: deps
+	$(SWIFT) build -c release
+	$(MAKE) -C pam release
+	$(MAKE) -C bench
+	JIT_BIN=$(CURDIR)/.build/release JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 bench/run.py
+
 clean:
 	rm -rf .build .build-release .build-deb dist
+	$(MAKE) -C bench clean
 	$(MAKE) -C pam clean

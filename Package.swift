@@ -34,8 +34,8 @@ let package = Package(
         ),
         // The one place that writes sudoers: rendering, injection checks, visudo, atomic install, reconcile.
         .target(name: "JITSudoers", swiftSettings: strict),
-        // eventfd and SO_PEERCRED, which the Glibc overlay does not expose.
-        .target(name: "CJITSys", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
+        // eventfd, SO_PEERCRED and zlib (audit archives): what the Glibc overlay does not expose.
+        .target(name: "CJITSys", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])], linkerSettings: [.linkedLibrary("z")]),
         // The agent: store, socket server, peer credentials, waiting, expiry, sudoers.
         .target(
             name: "JITAgent",

@@ -537,16 +537,47 @@ static int gate_init(struct gate *g, pam_handle_t *pamh, int flags, int argc, co
 }
 
 /* 1 and logs when the user passes without the agent; 0 gated; <0 error. */
+/*
+ * Tells the agent, best effort, that an exempt user passed, so the audit trail shows every break-glass
+ * use. Never required: an unreachable agent fails at connect() at once, and a hung one costs at most
+ * the short reply bound below. The answer does not change the decision.
+ */
+static void report_exempt(struct gate *g, const char *why)
+{
+	struct jit_req req;
+	struct jit_reply r;
+
+	memset(&req, 0, sizeof(req));
+	memset(&r, 0, sizeof(r));
+	if (jit_req_init(&req, "note") != JIT_OK)
+		goto out;
+	jit_req_add(&req, "kind", "exempt");
+	jit_req_add(&req, "user", g->user);
+	jit_req_add(&req, "service", g->service);
+	if (g->rhost != NULL)
+		jit_req_add(&req, "rhost", g->rhost);
+	if (g->tty != NULL)
+		jit_req_add(&req, "tty", g->tty);
+	jit_req_add(&req, "why", why);
+	if (jit_call(g->o.socket, &req, 1000, 0, &r, g->err, sizeof(g->err)) != JIT_OK && g->o.debug)
+		pam_syslog(g->pamh, LOG_DEBUG, "exempt pass not reported to jitd: %s", g->err);
+out:
+	jit_reply_free(&r);
+	jit_req_free(&req);
+}
+
 static int exempt(struct gate *g, int log_pass)
 {
 	const char *why = NULL;
 	int e = check_exempt(g->pamh, &g->o, g->user, &why);
-	if (e == 1 && log_pass)
+	if (e == 1 && log_pass) {
 		pam_syslog(g->pamh, LOG_NOTICE,
 			   "%s: user %s is exempt (%s): passing without the agent (service %s, rhost %s, "
 			   "tty %s)",
 			   stage_name(g), g->user, why, g->service, g->rhost ? g->rhost : "-",
 			   g->tty ? g->tty : "-");
+		report_exempt(g, why);
+	}
 	return e;
 }
 

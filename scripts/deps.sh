@@ -2,7 +2,7 @@
 # Installs, with apt, the Debian packages jit-access needs to build and test. Safe to run again: it only
 # installs what is missing, and runs 'apt-get update' once, only when something is missing.
 set -eu
-PKGS="build-essential binutils libpam0g-dev libsqlite3-dev sqlite3 pamtester openssh-server openssh-client sudo valgrind util-linux procps python3"
+PKGS="build-essential binutils libpam0g-dev libsqlite3-dev zlib1g-dev sqlite3 pamtester openssh-server openssh-client sudo valgrind util-linux procps python3"
 # The .deb (make deb, tests/e2e/test_deb.py): dpkg-shlibdeps, xz, lintian, systemd-analyze verify.
 PKGS="$PKGS dpkg-dev xz-utils lintian systemd"
 missing=""

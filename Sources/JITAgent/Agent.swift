@@ -33,10 +33,12 @@ public final class Agent: Sendable {
     let configPath: String
     let overrides: Overrides
     let stopped = Atomic<Bool>(false)
+    public let trail: AuditTrail
     /// Set by SIGHUP: reconcile at once.
     let reconcileNow = Atomic<Bool>(false)
 
-    public init(configPath: String, overrides: Overrides, logger: Logger, effects: (@Sendable (Config, Logger) -> any GrantEffects)? = nil) throws(JITError) {
+    public init(configPath: String, overrides: Overrides, logger: Logger,
+                effects: (@Sendable (Config, Logger, Store) -> any GrantEffects)? = nil) throws(JITError) {
         let config: Config
         do { config = overrides.apply(try Config.load(path: configPath)) } catch {
             throw JITError(.invalid, "\(error.description)")
@@ -44,9 +46,10 @@ public final class Agent: Sendable {
         self.configPath = configPath
         self.overrides = overrides
         let store = try Store(path: config.database)
-        let fx = effects?(config, logger) ?? NoEffects()
-        engine = Engine(config: config, store: store, effects: fx, logger: logger)
+        let fx = effects?(config, logger, store) ?? NoEffects()
+        engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger)
         server = Server(engine: engine, path: config.socket)
+        trail = AuditTrail(store: store, settings: config.audit, logger: logger)
     }
 
     /// Runs until SIGTERM or SIGINT. Returns the exit status.
@@ -64,11 +67,14 @@ public final class Agent: Sendable {
         let cfg = engine.config
         engine.logger.notice("jitd \(JITVersion.string) serving \(cfg.environment) on \(cfg.socket), database \(cfg.database)")
         for w in PolicyReport.warnings(cfg, file: configPath, directory: engine.directory) { engine.logger.warning("\(w)") }
+        engine.audit("agent.start", data: [("version", JITVersion.string), ("environment", cfg.environment), ("config", configPath), ("pid", String(getpid()))])
 
         let serverThread = Thread { [server] in server.serve() }
         serverThread.start()
         let schedulerThread = Thread { [self] in self.schedule() }
         schedulerThread.start()
+        let shipperThread = Thread { [self] in self.shipAudit() }
+        shipperThread.start()
 
         let signalSet = set
         while true {
@@ -80,9 +86,13 @@ public final class Agent: Sendable {
                 continue
             }
             engine.logger.notice("jitd stopping (signal \(sig))")
+            engine.audit("agent.stop", data: [("signal", String(sig))])
             stopped.store(true, ordering: .sequentiallyConsistent)
             server.stop()
             engine.schedulerWaker.wake()
+            engine.store.appended.wake()
+            trail.ship()
+            trail.announceHead()
             return 0
         }
     }
@@ -99,12 +109,32 @@ public final class Agent: Sendable {
                 c.sudoersDir = old.sudoersDir
             }
             engine.replaceConfig(c)
+            trail.update(c.audit)
             engine.logger.notice("reloaded \(configPath)")
             for w in PolicyReport.warnings(c, file: configPath, directory: engine.directory) { engine.logger.warning("\(w)") }
+            engine.audit("agent.reload", data: [("config", configPath)])
             reconcileNow.store(true, ordering: .sequentiallyConsistent)
             engine.schedulerWaker.wake()
         } catch {
             engine.logger.error("reload refused, the old config stays in force: \(error.description)")
+            engine.audit("agent.reload_refused", data: [("config", configPath), ("why", error.description)])
+        }
+    }
+
+    /// Feeds syslog from the audit trail as events arrive, writes the chain's head at intervals, and
+    /// archives events past the retention age.
+    func shipAudit() {
+        trail.announceHead()
+        trail.archive()
+        var nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            trail.ship()
+            if Date() >= nextHead {
+                trail.announceHead()
+                trail.archive()
+                nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
+            }
+            engine.store.appended.wait(timeout: max(0.01, nextHead.timeIntervalSinceNow))
         }
     }
 

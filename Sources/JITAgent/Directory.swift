@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import JITCore
 #if canImport(Glibc)
 import Glibc
@@ -63,4 +64,43 @@ public struct SystemDirectory: UserDirectory {
         }
         return out
     }
+}
+
+/// NSS answers kept for a few seconds: every connection needs the caller's name and groups, and every
+/// check the user's, and NSS (files, SSSD, LDAP) costs tens of microseconds to milliseconds per lookup.
+/// A change of group membership is seen after at most `ttl` seconds (SSSD itself caches far longer).
+public final class CachingDirectory: UserDirectory {
+    let base: any UserDirectory
+    let ttl: Double
+    let byUID = Mutex<[UInt32: (Identity?, Date)]>([:])
+    let byName = Mutex<[String: (Identity?, Date)]>([:])
+
+    public init(_ base: any UserDirectory = SystemDirectory(), ttl: Double = 5) {
+        self.base = base
+        self.ttl = ttl
+    }
+
+    public func user(uid: UInt32) -> Identity? {
+        let now = Date()
+        if let (id, at) = byUID.withLock({ $0[uid] }), now.timeIntervalSince(at) < ttl { return id }
+        let id = base.user(uid: uid)
+        byUID.withLock { d in
+            if d.count > 10_000 { d.removeAll() }
+            d[uid] = (id, now)
+        }
+        return id
+    }
+
+    public func user(name: String) -> Identity? {
+        let now = Date()
+        if let (id, at) = byName.withLock({ $0[name] }), now.timeIntervalSince(at) < ttl { return id }
+        let id = base.user(name: name)
+        byName.withLock { d in
+            if d.count > 10_000 { d.removeAll() }
+            d[name] = (id, now)
+        }
+        return id
+    }
+
+    public func groupExists(_ name: String) -> Bool { base.groupExists(name) }
 }

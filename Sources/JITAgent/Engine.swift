@@ -85,7 +85,7 @@ public final class Engine: Sendable {
                 return Message("ok", [("version", String(Wire.version)), ("agent", "jitd \(JITVersion.string)"), ("environment", config.environment)])
             case "check":
                 try m.onlyKeys(["user", "service", "rhost", "tty", "pid", "file", "reason", "command"])
-                return try check(m, c)
+                return auditCheck(m, user: m["user"] ?? "", reply: try check(m, c))
             case "cancel":
                 try m.onlyKeys(["request"])
                 let r = try cancel(id: try id(m, "request"), by: c, why: nil)
@@ -148,6 +148,7 @@ public final class Engine: Sendable {
             case "wait":
                 throw JITError(.badRequest, "'wait' is handled by the server")
             default:
+                if let r = try dispatchAudit(m, c) { return r }
                 throw JITError(.badRequest, "the operation '\(m.word)' is not known; see docs/PROTOCOL.md")
             }
         } catch let e as WireError {

@@ -6,7 +6,8 @@ import Synchronization
 import Glibc
 #endif
 
-/// The Unix socket server. Plain POSIX sockets with one thread per connection: a PAM check is one short
+/// The Unix socket server. Plain POSIX sockets, one worker thread per open connection (workers are kept
+/// and reused, so a check costs no thread creation): a PAM check is one short
 /// request and reply, so blocking I/O bounded by poll() is the simplest correct design and costs no event
 /// loop hop (see README, "Why plain sockets"). A waiting client parks its thread in poll() on its socket
 /// and an eventfd that the decision itself pokes. Every read and write has a deadline; connections are
@@ -23,6 +24,9 @@ public final class Server: Sendable {
     let listenFD = Atomic<Int32>(-1)
     let stopping = Atomic<Bool>(false)
     let open = Mutex<(total: Int, perUID: [UInt32: Int])>((0, [:]))
+    /// Accepted connections waiting for a worker, and how many workers wait for one.
+    let jobs = Mutex<(fds: [(Int32, UInt32)], idle: Int)>(([], 0))
+    let jobSignal = DispatchSemaphore(value: 0)
 
     public init(engine: Engine, path: String, maxConnections: Int = 512, maxPerUser: Int = 32, ioTimeout: Double = 5, idleTimeout: Double = 30) {
         self.engine = engine
@@ -126,18 +130,44 @@ public final class Server: Sendable {
                 close(cfd)
                 continue
             }
-            let peer = UInt32(uid)
-            let t = Thread { [self] in
-                self.run(fd: cfd, uid: peer)
-                close(cfd)
-                self.open.withLock { o in
-                    o.total -= 1
-                    o.perUID[peer, default: 1] -= 1
-                    if o.perUID[peer] == 0 { o.perUID[peer] = nil }
-                }
+            dispatch(fd: cfd, uid: UInt32(uid))
+        }
+    }
+
+    /// Hands a connection to an idle worker thread, or starts a new one. Workers live on, so a check costs
+    /// no thread creation; their number never exceeds the connection cap.
+    func dispatch(fd: Int32, uid: UInt32) {
+        let spawn = jobs.withLock { q -> Bool in
+            q.fds.append((fd, uid))
+            if q.idle > 0 {
+                q.idle -= 1
+                return false
             }
+            return true
+        }
+        if spawn {
+            let t = Thread { [self] in self.work() }
             t.stackSize = 512 * 1024
             t.start()
+        } else {
+            jobSignal.signal()
+        }
+    }
+
+    func work() {
+        while true {
+            if let (fd, uid) = jobs.withLock({ q in q.fds.isEmpty ? nil : q.fds.removeFirst() }) {
+                run(fd: fd, uid: uid)
+                close(fd)
+                open.withLock { o in
+                    o.total -= 1
+                    o.perUID[uid, default: 1] -= 1
+                    if o.perUID[uid] == 0 { o.perUID[uid] = nil }
+                }
+                continue
+            }
+            jobs.withLock { $0.idle += 1 }
+            jobSignal.wait()
         }
     }
 
@@ -166,6 +196,7 @@ public final class Server: Sendable {
                 return
             case .failed(let e):
                 conn.send(.error(e.code, e.message))
+                conn.linger()
                 return
             case .message(let m):
                 msg = m
@@ -280,6 +311,25 @@ struct Connection {
             got += n
         }
         return .ok
+    }
+
+    /// After an error reply to a frame we did not read whole: stop sending, then read and drop what the
+    /// client is still sending (bounded in bytes and time), so that closing does not reset the connection
+    /// and destroy the reply before the client reads it.
+    func linger(maxBytes: Int = 16 << 20, seconds: Double = 1) {
+        shutdown(fd, Int32(SHUT_WR))
+        let deadline = Date().addingTimeInterval(seconds)
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var total = 0
+        while total < maxBytes {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, Int32(left * 1000) + 1) <= 0 { return }
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n <= 0 { return }
+            total += n
+        }
     }
 
     /// Sends a reply; false when the client is gone or too slow to take it.

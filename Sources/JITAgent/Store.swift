@@ -8,6 +8,8 @@ public import JITCore
 public final class Store: Sendable {
     public let path: String
     let pool: DatabasePool
+    /// Poked after every committed change: the audit shipper waits on it.
+    public let appended = Waker()
 
     /// Opens (and migrates) the database. Refuses, with a sentence naming the file, a database that is
     /// read-only, corrupt, or not ours.
@@ -29,6 +31,7 @@ public final class Store: Sendable {
         config.label = "jit"
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            Store.addAuditFunctions(db)
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
@@ -95,6 +98,7 @@ public final class Store: Sendable {
                 """)
         }
         m.registerMigration("v2", migrate: Store.migrateV2)
+        Store.registerAuditMigration(&m)
         return m
     }
 
@@ -142,6 +146,7 @@ public final class Store: Sendable {
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
     func write<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
         do {
+            defer { appended.wake() }
             return try pool.write { db in try body(db) }
         } catch let e as JITError {
             throw e
@@ -336,7 +341,7 @@ public final class Store: Sendable {
             let sql = kind == .sudo
                 ? "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? AND scope != 'login' ORDER BY expires_at DESC LIMIT 1"
                 : "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1"
-            return try Row.fetchOne(db, sql: sql, arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
+            return try Row.fetchOne(db.cachedStatement(sql: sql), arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
         }
     }
 

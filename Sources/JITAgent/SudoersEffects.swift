@@ -11,17 +11,20 @@ public final class SudoersEffects: GrantEffects {
     let logger: Logger
     let lock = Mutex<Void>(())
     let clock: any JITClock
-    /// Reports each drift found by reconcile (the audit trail hooks in here).
-    let onDrift: @Sendable (SudoersDrift) -> Void
+    /// Records an audit event: kind, grant, details.
+    let record: @Sendable (String, Int64?, [(String, String)]) -> Void
 
     public init(path: String, visudo: String = "/usr/sbin/visudo", clock: any JITClock = SystemClock(), logger: Logger,
-                onDrift: @escaping @Sendable (SudoersDrift) -> Void = { _ in }) {
+                record: @escaping @Sendable (String, Int64?, [(String, String)]) -> Void = { _, _, _ in }) {
         directory = SudoersDirectory(path: path, visudo: visudo)
         self.logger = logger
         self.clock = clock
-        self.onDrift = onDrift
+        self.record = record
         let n = lock.withLock { _ in directory.removeTempFiles() }
-        if n > 0 { logger.warning("removed \(n) temporary sudoers file(s) left by an interrupted write in \(path)") }
+        if n > 0 {
+            logger.warning("removed \(n) temporary sudoers file(s) left by an interrupted write in \(path)")
+            record("sudoers.temp_removed", nil, [("count", String(n)), ("dir", path)])
+        }
     }
 
     static func entry(_ g: Grant) -> SudoersEntry? {
@@ -43,7 +46,9 @@ public final class SudoersEffects: GrantEffects {
         do {
             try lock.withLock { _ throws(SudoersError) in try directory.install(e, now: clock.now()) }
             logger.info("sudoers: wrote \(directory.path)/\(directory.fileName(for: g.id)) for grant \(g.id), until \(Timestamps.format(g.expiresAt))")
+            record("sudoers.written", g.id, [("file", "\(directory.path)/\(directory.fileName(for: g.id))"), ("notafter", Timestamps.format(g.expiresAt))])
         } catch {
+            record("sudoers.write_failed", g.id, [("dir", directory.path), ("why", error.message)])
             throw JITError(.internal, "writing sudoers for grant \(g.id) in \(directory.path) failed: \(error.message)")
         }
     }
@@ -53,6 +58,7 @@ public final class SudoersEffects: GrantEffects {
         do {
             try lock.withLock { _ throws(SudoersError) in try directory.remove(grantID: g.id) }
             logger.info("sudoers: removed \(directory.fileName(for: g.id)) (grant \(g.id) \(g.state.rawValue))")
+            record("sudoers.removed", g.id, [("file", "\(directory.path)/\(directory.fileName(for: g.id))")])
         } catch {
             logger.error("sudoers: could not remove the file of grant \(g.id): \(error.message); sudo still refuses it after its NOTAFTER")
         }
@@ -64,7 +70,14 @@ public final class SudoersEffects: GrantEffects {
             let drifts = try lock.withLock { _ throws(SudoersError) in try directory.reconcile(active: entries, now: clock.now()) }
             for d in drifts {
                 logger.warning("sudoers drift: \(d.description)")
-                onDrift(d)
+                let kind: String
+                switch d.kind {
+                case .removedStale: kind = "sudoers.stale_removed"
+                case .restoredMissing: kind = "sudoers.restored"
+                case .repairedAltered: kind = "sudoers.repaired"
+                case .failed: kind = "sudoers.repair_failed"
+                }
+                record(kind, d.grantID, [("what", d.description)])
             }
         } catch {
             logger.error("sudoers reconcile of \(directory.path) failed: \(error.message)")

@@ -26,7 +26,7 @@ public struct JIT: ParsableCommand {
         version: JITVersion.cliString,
         subcommands: [
             Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
-            PolicyCommand.self, MFA.self,
+            PolicyCommand.self, MFA.self, Audit.self,
         ]
     )
     public init() {}

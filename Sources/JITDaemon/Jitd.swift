@@ -1,4 +1,5 @@
 public import ArgumentParser
+import Foundation
 import JITAgent
 import JITCore
 import Logging
@@ -31,8 +32,10 @@ struct Run: ParsableCommand {
         var logger = Logger(label: "jitd")
         logger.logLevel = .info
         do {
-            let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger) { config, logger in
-                SudoersEffects(path: config.sudoersDir, logger: logger)
+            let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger) { config, logger, store in
+                SudoersEffects(path: config.sudoersDir, logger: logger) { kind, grant, data in
+                    try? store.record(kind, actor: "jitd", user: "", grantID: grant, data: data, at: Date())
+                }
             }
             throw ExitCode(try agent.run())
         } catch let e as JITError {

@@ -155,6 +155,11 @@ def test_agent_down_secure_refuses_and_exempt_group_gets_in(agent, people, sshd,
     ops = users.user("ops", ["jit-requesters", breakglass])
     sshd.configure(pam_args(agent, timeout=0, failmode="secure", exempt_group=breakglass))
     sshd.start()
+    # With the agent up, an exempt (break-glass) pass is reported and audited.
+    p = sshd.ssh(ops, "echo IN")
+    assert p.returncode == 0 and "IN" in p.stdout, p.stderr
+    exempt = [e for e in agent.jit_json(None, "audit", "--user", ops) if e["kind"] == "pam.exempt"]
+    assert exempt and exempt[0]["data"]["why"] == "member of exempt_group" and exempt[0]["data"]["service"] == sshd.name
     agent.stop()
     p = sshd.ssh(people["alice"], "echo IN")
     assert p.returncode != 0 and "IN" not in p.stdout

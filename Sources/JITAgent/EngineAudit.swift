@@ -1,0 +1,116 @@
+import Foundation
+import JITCore
+
+/// The audit trail's side of the engine: the check path's events, and the `audit`, `audit_verify` and
+/// `note` operations (docs/PROTOCOL.md).
+extension Engine {
+    /// Records what a PAM check decided, without waiting for fsync (the check path must stay fast; the event
+    /// still survives the agent being killed). Failing to record fails the check closed.
+    func auditCheck(_ m: Message, user: String, reply: Message) -> Message {
+        let decision = reply["decision"] ?? "deny"
+        guard decision != "ignore" else { return reply }
+        var data: [(String, String)] = [("service", m["service"] ?? ""), ("decision", decision)]
+        for k in ["rhost", "tty", "pid", "command"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
+        if decision != "allow", let msg = reply["message"] { data.append(("why", msg)) }
+        let kind = decision == "allow" ? (ServiceKind(service: m["service"] ?? "") == .sudo ? "check.sudo" : "check.login") : "check.\(decision)"
+        do {
+            try store.record(kind, actor: "pam", user: user, requestID: reply["request"].flatMap { Int64($0) },
+                             grantID: reply["grant"].flatMap { Int64($0) }, data: data, at: clock.now(), durable: false)
+            return reply
+        } catch {
+            logger.error("audit: \(error.message); refusing the check")
+            return Message("ok", [("decision", "deny"), ("message", "access denied: jitd could not record the audit event (\(error.message))")])
+        }
+    }
+
+    /// Records an event that is not a state change (agent start, reload, sudoers writes). Logs on failure.
+    public func audit(_ kind: String, actor: String = "jitd", user: String = "", grantID: Int64? = nil, data: [(String, String)] = []) {
+        do {
+            try store.record(kind, actor: actor, user: user, grantID: grantID, data: data, at: clock.now())
+        } catch {
+            logger.error("audit: could not record \(kind): \(error.message)")
+        }
+    }
+
+    func dispatchAudit(_ m: Message, _ c: Identity) throws(JITError) -> Message? {
+        do {
+            switch m.word {
+            case "audit":
+                try m.onlyKeys(["since", "until", "user", "grant", "after"])
+                var q = Store.AuditQuery(limit: 300)
+                if let s = m["since"] { q.since = try time(s, "since") }
+                if let u = m["until"] { q.until = try time(u, "until") }
+                q.grantID = try m.int("grant")
+                q.after = try m.int("after")
+                let everyone = c.isRoot || config.policy.isApprover(c)
+                if let u = m["user"] {
+                    guard everyone || u == c.name else {
+                        throw JITError(.unauthorized, "only root and approvers may read other users' events")
+                    }
+                    q.user = u
+                } else if !everyone {
+                    q.user = c.name
+                }
+                let events = try store.events(q)
+                var out = Message("ok")
+                var size = 64
+                for e in events {
+                    let f = e.fields
+                    let n = f.reduce(2) { $0 + $1.0.utf8.count + $1.1.utf8.count * 3 + 2 }
+                    if size + n > Wire.maxFrame - 4096 { break }
+                    size += n
+                    out.records.append(f)
+                }
+                // More may follow when the frame filled up or the query hit its limit.
+                let more = out.records.count < events.count || events.count == q.limit
+                if more, let last = out.records.last?.first(where: { $0.0 == "id" })?.1 { out.add("next", last) }
+                out.fields.insert(("count", String(out.records.count)), at: 0)
+                return out
+            case "audit_verify":
+                try m.onlyKeys(["archive"])
+                guard c.isRoot || config.policy.isApprover(c) else {
+                    throw JITError(.unauthorized, "only root and approvers may verify the audit trail")
+                }
+                let walk: AuditChain.Walk
+                if let path = m["archive"] {
+                    guard c.isRoot else { throw JITError(.unauthorized, "only root may verify an archive file") }
+                    walk = try AuditArchive.verify(path: path)
+                } else {
+                    walk = try store.verifyAudit()
+                }
+                var f: [(String, String)] = [("ok", walk.problem == nil ? "1" : "0"), ("count", String(walk.count)),
+                                             ("last_id", String(walk.lastID)), ("last_hash", walk.lastHash)]
+                if let p = walk.problem { f.append(("problem", p)) }
+                if let b = walk.badID { f.append(("bad_id", String(b))) }
+                if m["archive"] == nil {
+                    for a in try store.anchors() { f.append(("archive", "\(a.file) through event \(a.lastID)")) }
+                }
+                return Message("ok", f)
+            case "note":
+                // The PAM module reports passes that never reach a check: exempt users (break-glass).
+                try m.onlyKeys(["kind", "user", "service", "rhost", "tty", "why"])
+                guard c.isRoot else { throw JITError(.unauthorized, "only root (the PAM module) sends notes") }
+                guard let kind = m["kind"], ["exempt"].contains(kind) else { throw JITError(.badRequest, "the note kind must be 'exempt'") }
+                var data: [(String, String)] = []
+                for k in ["service", "rhost", "tty", "why"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
+                try store.record("pam.\(kind)", actor: "pam", user: m["user"] ?? "", data: data, at: clock.now(), durable: false)
+                    logger.notice("exempt pass: \(m["user"] ?? "?") via \(m["service"] ?? "?") (\(m["why"] ?? ""))")
+                return Message("ok")
+            default:
+                return nil
+            }
+        } catch let e as WireError {
+            throw JITError(e)
+        } catch let e as JITError {
+            throw e
+        } catch {
+            throw JITError(.internal, "\(error)")
+        }
+    }
+
+    func time(_ s: String, _ key: String) throws(JITError) -> Date {
+        if let d = Timestamps.parse(s) { return d }
+        if let d = try? Durations.parse(s) { return clock.now().addingTimeInterval(-Double(d)) }
+        throw JITError(.invalid, "'\(s)' is not a time for \(key): use RFC 3339 (2026-11-22T10:00:00Z) or an age like 2h")
+    }
+}
