@@ -47,7 +47,9 @@ public final class Agent: Sendable {
         self.overrides = overrides
         let store = try Store(path: config.database)
         let fx = effects?(config, logger, store) ?? NoEffects()
-        engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger)
+        let journal = try CheckJournal(store: store)
+        journal.ingest()
+        engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger, journal: journal)
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
     }
@@ -91,6 +93,7 @@ public final class Agent: Sendable {
             server.stop()
             engine.schedulerWaker.wake()
             engine.store.appended.wake()
+            engine.journal?.ingest()
             trail.ship()
             trail.announceHead()
             return 0
@@ -128,6 +131,7 @@ public final class Agent: Sendable {
         trail.archive()
         var nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
         while !stopped.load(ordering: .sequentiallyConsistent) {
+            engine.journal?.ingest()
             trail.ship()
             if Date() >= nextHead {
                 trail.announceHead()
@@ -135,6 +139,8 @@ public final class Agent: Sendable {
                 nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
             }
             engine.store.appended.wait(timeout: max(0.01, nextHead.timeIntervalSinceNow))
+            // Let a burst of checks gather so one transaction ingests them all.
+            Thread.sleep(forTimeInterval: 0.02)
         }
     }
 

@@ -238,3 +238,35 @@ extension Store {
         }
     }
 }
+
+extension Store {
+    /// Where the check journal has been ingested up to.
+    public func journalCursor() throws(JITError) -> (gen: Int64, offset: Int64) {
+        try read { db in
+            let gen = try Int64.fetchOne(db, sql: "SELECT last_id FROM audit_cursor WHERE name = 'journal_gen'") ?? 0
+            let off = try Int64.fetchOne(db, sql: "SELECT last_id FROM audit_cursor WHERE name = 'journal_offset'") ?? 0
+            return (gen, off)
+        }
+    }
+
+    public func setJournalCursor(gen: Int64, offset: Int64) throws(JITError) {
+        try write { db in try Store.putJournalCursor(db, gen, offset) }
+    }
+
+    static func putJournalCursor(_ db: Database, _ gen: Int64, _ offset: Int64) throws {
+        let sql = "INSERT INTO audit_cursor (name, last_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_id = excluded.last_id"
+        try db.execute(sql: sql, arguments: ["journal_gen", gen])
+        try db.execute(sql: sql, arguments: ["journal_offset", offset])
+    }
+
+    /// Appends journal events to the chain and records how far the journal was read, in one transaction.
+    func ingestChecks(_ events: [(Int64, String, String, String, Int64?, Int64?, String)], gen: Int64, offset: Int64) throws(JITError) {
+        try write { db in
+            let stmt = try db.cachedStatement(sql: "INSERT INTO audit_in VALUES (?, ?, ?, ?, ?, ?, ?)")
+            for e in events {
+                try stmt.execute(arguments: [e.0, e.1, e.2, e.3, e.4, e.5, e.6])
+            }
+            try Store.putJournalCursor(db, gen, offset)
+        }
+    }
+}

@@ -39,6 +39,8 @@ public final class Engine: Sendable {
     public let logger: Logger
     /// Tells approvers about new requests, escalations and break-glass (see `Notifier`).
     public let notifier: any Notifier
+    /// Where the check path's audit events go first (nil: straight into the database).
+    public let journal: CheckJournal?
     public let startedAt: Date
     let configBox: Mutex<Config>
     let waiters = Mutex<[Int64: [Waker]]>([:])
@@ -47,8 +49,9 @@ public final class Engine: Sendable {
 
     public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
                 effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd"),
-                notifier: any Notifier = NoNotifier()) {
+                notifier: any Notifier = NoNotifier(), journal: CheckJournal? = nil) {
         self.sessions = sessions
+        self.journal = journal
         self.notifier = notifier
         self.configBox = Mutex(config)
         self.store = store

@@ -4,8 +4,9 @@ import JITCore
 /// The audit trail's side of the engine: the check path's events, and the `audit`, `audit_verify` and
 /// `note` operations (docs/PROTOCOL.md).
 extension Engine {
-    /// Records what a PAM check decided, without waiting for fsync (the check path must stay fast; the event
-    /// still survives the agent being killed). Failing to record fails the check closed.
+    /// Records what a PAM check decided: one append to the check journal (see `CheckJournal`), or without
+    /// a journal one database write that does not wait for fsync. Either way the event survives the agent
+    /// being killed once this returns, and the reply is sent after. Failing to record fails the check closed.
     func auditCheck(_ m: Message, user: String, reply: Message) -> Message {
         let decision = reply["decision"] ?? "deny"
         guard decision != "ignore" else { return reply }
@@ -14,8 +15,12 @@ extension Engine {
         if decision != "allow", let msg = reply["message"] { data.append(("why", msg)) }
         let kind = decision == "allow" ? (ServiceKind(service: m["service"] ?? "") == .sudo ? "check.sudo" : "check.login") : "check.\(decision)"
         do {
-            try store.record(kind, actor: "pam", user: user, requestID: reply["request"].flatMap { Int64($0) },
-                             grantID: reply["grant"].flatMap { Int64($0) }, data: data, at: clock.now(), durable: false)
+            let requestID = reply["request"].flatMap { Int64($0) }, grantID = reply["grant"].flatMap { Int64($0) }
+            if let journal {
+                try journal.append(at: clock.now(), kind: kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data)
+            } else {
+                try store.record(kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data, at: clock.now(), durable: false)
+            }
             return reply
         } catch {
             logger.error("audit: \(error.message); refusing the check")
@@ -37,6 +42,7 @@ extension Engine {
             switch m.word {
             case "audit":
                 try m.onlyKeys(["since", "until", "user", "grant", "after"])
+                journal?.ingest()
                 var q = Store.AuditQuery(limit: 300)
                 if let s = m["since"] { q.since = try time(s, "since") }
                 if let u = m["until"] { q.until = try time(u, "until") }
@@ -71,6 +77,7 @@ extension Engine {
                 guard c.isRoot || config.policy.isApprover(c) else {
                     throw JITError(.unauthorized, "only root and approvers may verify the audit trail")
                 }
+                journal?.ingest()
                 let walk: AuditChain.Walk
                 if let path = m["archive"] {
                     guard c.isRoot else { throw JITError(.unauthorized, "only root may verify an archive file") }

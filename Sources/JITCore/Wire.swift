@@ -115,7 +115,7 @@ public struct Message: Equatable, Sendable {
         }
     }
 
-    static func percentDecode(_ bytes: ArraySlice<UInt8>) throws(WireError) -> String {
+    public static func percentDecode(_ bytes: ArraySlice<UInt8>) throws(WireError) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
         var i = bytes.startIndex

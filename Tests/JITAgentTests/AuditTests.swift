@@ -151,3 +151,59 @@ import JITCore
         #expect(try h.engine.store.verifyAudit().problem == nil)
     }
 }
+
+@Suite struct CheckJournalTests {
+    @Test func checksGoThroughTheJournalIntoTheChainExactlyOnce() throws {
+        let h = try Harness()
+        let j = try CheckJournal(store: h.engine.store, rotateBytes: 300)
+        for i in 0..<5 {
+            try j.append(at: h.clock.now(), kind: "check.sudo", actor: "pam", user: "alice", requestID: nil, grantID: Int64(i),
+                         data: [("service", "sudo"), ("command", "/usr/bin/id\tx\n%y")])
+        }
+        // A torn last line (the agent killed inside a write) is never ingested.
+        let path = "\((h.engine.store.path as NSString).deletingLastPathComponent)/checks.0.journal"
+        let fh = try #require(FileHandle(forWritingAtPath: path))
+        fh.seekToEndOfFile()
+        fh.write(Data("123\tcheck.sudo\tpam".utf8))
+        try fh.close()
+        #expect(j.ingest() == 5)
+        #expect(j.ingest() == 0)
+        let evs = try h.engine.store.events(Store.AuditQuery())
+        #expect(evs.count == 5)
+        #expect(evs[0].pairs.contains { $0 == ("command", "/usr/bin/id\tx\n%y") })
+        #expect(try h.engine.store.verifyAudit().problem == nil)
+        // A new journal object (a restarted agent) continues from the stored position: nothing twice.
+        let j2 = try CheckJournal(store: h.engine.store, rotateBytes: 300)
+        #expect(j2.ingest() == 0)
+        try j2.append(at: h.clock.now(), kind: "check.login", actor: "pam", user: "bob", requestID: nil, grantID: nil, data: [])
+        #expect(j2.ingest() == 1)
+        #expect(try h.engine.store.events(Store.AuditQuery()).count == 6)
+    }
+
+    @Test func fullyIngestedFilesRotateAway() throws {
+        let h = try Harness()
+        let dir = (h.engine.store.path as NSString).deletingLastPathComponent
+        let j = try CheckJournal(store: h.engine.store, rotateBytes: 200)
+        for round in 0..<4 {
+            for _ in 0..<5 {
+                try j.append(at: h.clock.now(), kind: "check.sudo", actor: "pam", user: "u\(round)", requestID: nil, grantID: nil, data: [])
+            }
+            j.ingest()
+        }
+        #expect(try h.engine.store.events(Store.AuditQuery()).count == 20)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".journal") }
+        #expect(files.count == 1)
+        #expect(try h.engine.store.verifyAudit().problem == nil)
+    }
+
+    @Test func theEngineRecordsChecksThroughItsJournal() throws {
+        let h = try Harness()
+        let j = try CheckJournal(store: h.engine.store)
+        let e = Engine(config: h.engine.config, store: h.engine.store, clock: h.clock, directory: D.standard, journal: j)
+        _ = e.handle(Message("check", [("user", "alice"), ("service", "sshd")]), from: D.root)
+        #expect(try h.engine.store.events(Store.AuditQuery()).isEmpty)
+        // Reading the trail ingests first.
+        let r = e.handle(Message("audit"), from: D.root)
+        #expect(r.records.count == 1)
+    }
+}

@@ -174,3 +174,36 @@ def test_reading_filters_formats_and_permissions(agent, people):
     assert len(lines) >= 4 and all(json.loads(l)["hash"] for l in lines)
     rows = list(csv.reader(io.StringIO(agent.jit(bob, "audit", "--csv").stdout)))
     assert rows[0][:3] == ["id", "at", "kind"] and len(rows) == len(lines) + 1
+
+
+def test_check_events_survive_sigkill(agent, people):
+    """Checks are journalled before the reply: every answered check is in the trail after a SIGKILL."""
+    from conftest import raw_call
+    agent.start()
+    alice = people["alice"]
+    story(agent, people)
+    answered = 0
+    stop = threading.Event()
+
+    def checker():
+        nonlocal answered
+        body = f"JIT/1 check\nuser={alice}\nservice=sudo\ncommand=/usr/bin/id\n".encode()
+        while not stop.is_set():
+            try:
+                if b"decision=allow" in raw_call(agent.socket, body, timeout=2):
+                    answered += 1
+            except OSError:
+                return
+
+    t = threading.Thread(target=checker)
+    t.start()
+    time.sleep(1.0)
+    agent.kill9()
+    stop.set()
+    t.join()
+    assert answered > 10
+    agent.start()
+    checks = [e for e in agent.jit_json(None, "audit", "--user", alice) if e["kind"] == "check.sudo"]
+    assert len(checks) >= answered, (len(checks), answered)
+    assert all(e["data"]["command"] == "/usr/bin/id" for e in checks)
+    assert agent.jit(None, "audit", "verify").returncode == 0
