@@ -234,11 +234,14 @@ def test_expiry_ends_a_running_ssh_session(agent, people, sshd):
     sshd.configure(pam_args(agent, timeout=0))
     sshd.start()
     alice, bob = people["alice"], people["bob"]
-    p = agent.jit(alice, "request", "--for", "5s", "--reason", "short", "--json")
+    p = agent.jit(alice, "request", "--for", "10s", "--reason", "short", "--json")
     assert agent.jit(bob, "approve", str(json.loads(p.stdout)["id"])).returncode == 0
-    t0 = time.time()
-    p = sshd.ssh(alice, "sleep 30; echo SURVIVED", timeout=40)
-    took = time.time() - t0
+    expires = int(agent.sql("select expires_at from grants where id = 1")) / 1000
+    p = sshd.ssh(alice, "echo STARTED; sleep 30; echo SURVIVED", timeout=40)
+    ended = time.time()
+    assert "STARTED" in p.stdout, p.stderr  # the login got in under the grant
     assert "SURVIVED" not in p.stdout
-    assert took < 15, f"session lasted {took:.1f}s"
-    assert "session" in agent.read_log() and "ended" in agent.read_log()
+    assert ended - expires < 6, f"session ended {ended - expires:.1f}s after the grant expired"
+    log = agent.read_log()
+    assert "session" in log and "ended: grant 1 expired" in log, log
+    assert agent.sql("select ended_by from sessions where grant_id = 1") == "jitd: grant 1 expired"
