@@ -193,7 +193,12 @@ def test_hand_edited_file_is_put_back_and_reported(agent, people, etc):
     while time.time() < deadline and open(path).read() != original:
         time.sleep(0.1)
     assert open(path).read() == original
+    # The repair is reported in the log and recorded in the audit trail (just after the file is back).
+    deadline = time.time() + 5
+    while time.time() < deadline and "drift" not in agent.read_log():
+        time.sleep(0.05)
     assert "drift" in agent.read_log()
+    assert any(e["kind"] == "sudoers.repaired" and e["grant_id"] == gid for e in agent.jit_json(None, "audit"))
     assert not sudo_ok(alice, "/usr/bin/whoami")
     # A stray jit-grant file for no grant goes; a file without the prefix is never touched.
     stray = os.path.join(agent.sudoers, "jit-grant-999")
