@@ -34,6 +34,8 @@ public final class Agent: Sendable {
     let overrides: Overrides
     let stopped = Atomic<Bool>(false)
     public let trail: AuditTrail
+    /// Delivers notifications from the outbox (its own thread; see `Notifications`).
+    public let notifications: Notifications
     /// Set by SIGHUP: reconcile at once.
     let reconcileNow = Atomic<Bool>(false)
 
@@ -50,6 +52,7 @@ public final class Agent: Sendable {
         engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger)
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
+        notifications = Notifications(engine: engine)
     }
 
     /// Runs until SIGTERM or SIGINT. Returns the exit status.
@@ -75,6 +78,8 @@ public final class Agent: Sendable {
         schedulerThread.start()
         let shipperThread = Thread { [self] in self.shipAudit() }
         shipperThread.start()
+        let notifyThread = Thread { [self] in self.deliverNotifications() }
+        notifyThread.start()
 
         let signalSet = set
         while true {
@@ -91,6 +96,7 @@ public final class Agent: Sendable {
             server.stop()
             engine.schedulerWaker.wake()
             engine.store.appended.wake()
+            engine.store.outboxWaker.wake()
             trail.ship()
             trail.announceHead()
             return 0
@@ -115,6 +121,7 @@ public final class Agent: Sendable {
             engine.audit("agent.reload", data: [("config", configPath)])
             reconcileNow.store(true, ordering: .sequentiallyConsistent)
             engine.schedulerWaker.wake()
+            engine.store.outboxWaker.wake()
         } catch {
             engine.logger.error("reload refused, the old config stays in force: \(error.description)")
             engine.audit("agent.reload_refused", data: [("config", configPath), ("why", error.description)])
@@ -135,6 +142,15 @@ public final class Agent: Sendable {
                 nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
             }
             engine.store.appended.wait(timeout: max(0.01, nextHead.timeIntervalSinceNow))
+        }
+    }
+
+    /// The notifier: a pass whenever the store changes or the next retry falls due (at least every 30 s).
+    func deliverNotifications() {
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            let next = notifications.runOnce()
+            let wait = min(30, max(0.01, next?.timeIntervalSinceNow ?? 30))
+            engine.store.outboxWaker.wait(timeout: wait)
         }
     }
 
