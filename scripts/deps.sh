@@ -32,6 +32,13 @@ if ! python3 -c "import pexpect" >/dev/null 2>&1; then
     fi
     python3 -c "import pexpect" >/dev/null 2>&1 || { echo "deps: pexpect is missing; install python3-pexpect" >&2; exit 1; }
 fi
+# aiosmtpd is the real SMTP server the notification end-to-end tests deliver mail to.
+if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-aiosmtpd >/dev/null 2>&1 || python3 -m pip install -q aiosmtpd
+    fi
+    python3 -c "import aiosmtpd" >/dev/null 2>&1 || { echo "deps: aiosmtpd is missing; install python3-aiosmtpd (or pip install aiosmtpd)" >&2; exit 1; }
+fi
 if ! command -v swift >/dev/null 2>&1; then
     echo "deps: swift is not on PATH; add the Swift 6 toolchain (e.g. export PATH=/opt/swift/usr/bin:\$PATH)" >&2
     exit 1

@@ -34,6 +34,8 @@ public final class Agent: Sendable {
     let overrides: Overrides
     let stopped = Atomic<Bool>(false)
     public let trail: AuditTrail
+    /// Delivers notifications from the outbox (its own thread; see `Notifications`).
+    public let notifications: Notifications
     /// Set by SIGHUP: reconcile at once.
     let reconcileNow = Atomic<Bool>(false)
 
@@ -52,6 +54,7 @@ public final class Agent: Sendable {
         engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger, journal: journal)
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
+        notifications = Notifications(engine: engine)
     }
 
     /// Runs until SIGTERM or SIGINT. Returns the exit status.
@@ -77,6 +80,8 @@ public final class Agent: Sendable {
         schedulerThread.start()
         let shipperThread = Thread { [self] in self.shipAudit() }
         shipperThread.start()
+        let notifyThread = Thread { [self] in self.deliverNotifications() }
+        notifyThread.start()
 
         let signalSet = set
         while true {
@@ -94,6 +99,7 @@ public final class Agent: Sendable {
             engine.schedulerWaker.wake()
             engine.store.appended.wake()
             engine.journal?.ingest()
+            engine.store.outboxWaker.wake()
             trail.ship()
             trail.announceHead()
             return 0
@@ -118,6 +124,7 @@ public final class Agent: Sendable {
             engine.audit("agent.reload", data: [("config", configPath)])
             reconcileNow.store(true, ordering: .sequentiallyConsistent)
             engine.schedulerWaker.wake()
+            engine.store.outboxWaker.wake()
         } catch {
             engine.logger.error("reload refused, the old config stays in force: \(error.description)")
             engine.audit("agent.reload_refused", data: [("config", configPath), ("why", error.description)])
@@ -141,6 +148,15 @@ public final class Agent: Sendable {
             engine.store.appended.wait(timeout: max(0.01, nextHead.timeIntervalSinceNow))
             // Let a burst of checks gather so one transaction ingests them all.
             Thread.sleep(forTimeInterval: 0.02)
+        }
+    }
+
+    /// The notifier: a pass whenever the store changes or the next retry falls due (at least every 30 s).
+    func deliverNotifications() {
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            let next = notifications.runOnce()
+            let wait = min(30, max(0.01, next?.timeIntervalSinceNow ?? 30))
+            engine.store.outboxWaker.wait(timeout: wait)
         }
     }
 

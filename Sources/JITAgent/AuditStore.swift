@@ -125,7 +125,7 @@ extension Store {
                        data: [(String, String)] = [], at: Date, durable: Bool = true) throws(JITError) {
         let sql = "INSERT INTO audit_in VALUES (?, ?, ?, ?, ?, ?, ?)"
         let args: StatementArguments = [Timestamps.millis(at), kind, actor, user, requestID, grantID, AuditChain.kv(data)]
-        defer { appended.wake() }
+        defer { appended.wake(); if durable { outboxWaker.wake() } }
         do {
             if durable {
                 try pool.write { db in try db.cachedStatement(sql: sql).execute(arguments: args) }

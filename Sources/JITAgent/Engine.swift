@@ -412,6 +412,8 @@ public final class Engine: Sendable {
             ("database", store.path), ("socket", cfg.socket), ("waiters", String(waiterCount)),
         ]
         if let n = try store.nextDeadline() { f.append(("next_expiry", Timestamps.format(n))) }
+        let o = try store.outboxCounts()
+        f += [("notify_channels", String(cfg.notify.channels.count)), ("outbox_pending", String(o.pending)), ("outbox_failed", String(o.failed))]
         return Message("ok", f)
     }
 

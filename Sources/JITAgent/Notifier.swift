@@ -1,7 +1,9 @@
 public import JITCore
 
-/// Something approvers should hear about. Delivering it (mail, chat, pager) is a later issue: the engine
-/// logs every event itself and hands it to a `Notifier`, the seam where delivery plugs in.
+/// Something approvers should hear about. The engine logs every event itself and hands it to a `Notifier`
+/// (an in-process hook; tests record them). Delivery to people does not go through here: it is derived from
+/// the audit trail, durably, by the outbox (`Outbox.swift`, `Notifications.swift`), so that a notification
+/// is stored in the same transaction as the change it is about.
 public enum PolicyEvent: Sendable {
     /// A request waits for these groups.
     case filed(AccessRequest, approverGroups: [String])

@@ -4,6 +4,16 @@ public import JITCore
 /// warnings that do not stop it (groups this host does not know: they may come from LDAP later).
 public enum PolicyReport {
     public static func summary(_ c: Config, file: String) -> String {
+        let n = c.notify.channels
+        guard !n.isEmpty else { return policySummary(c, file: file) }
+        // Endpoints only (host:port): a URL's path may hold a token.
+        let channels = n.map { ch in
+            ch.kind == .email ? "\(ch.name) (email via \(ch.smtpHost):\(ch.smtpPort))" : "\(ch.name) (\(ch.kind.rawValue) to \(ch.url?.endpoint ?? "?"))"
+        }
+        return policySummary(c, file: file) + "\n  notify: " + channels.joined(separator: ", ")
+    }
+
+    static func policySummary(_ c: Config, file: String) -> String {
         let p = c.policy
         if p.rules.isEmpty && p.breakGlass == nil {
             return "\(file): OK (environment \(c.environment), \(p.requesterGroups.joined(separator: ",")) may request up to \(Durations.format(p.maxDuration)), \(p.approvalsRequired) approval(s) from \(p.approverGroups.joined(separator: ",")))"

@@ -10,6 +10,8 @@ public final class Store: Sendable {
     let pool: DatabasePool
     /// Poked after every committed change: the audit shipper waits on it.
     public let appended = Waker()
+    /// Poked after every committed change too: the notifier waits on it.
+    public let outboxWaker = Waker()
 
     /// Opens (and migrates) the database. Refuses, with a sentence naming the file, a database that is
     /// read-only, corrupt, or not ours.
@@ -99,6 +101,7 @@ public final class Store: Sendable {
         }
         m.registerMigration("v2", migrate: Store.migrateV2)
         Store.registerAuditMigration(&m)
+        Store.registerNotifyMigration(&m)
         return m
     }
 
@@ -146,7 +149,7 @@ public final class Store: Sendable {
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
     func write<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
         do {
-            defer { appended.wake() }
+            defer { appended.wake(); outboxWaker.wake() }
             return try pool.write { db in try body(db) }
         } catch let e as JITError {
             throw e

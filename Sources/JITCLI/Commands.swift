@@ -304,13 +304,18 @@ struct Status: ParsableCommand {
         var database: String
         var socket: String
         var next_expiry: String?
+        var notify_channels: Int
+        var outbox_pending: Int
+        var outbox_failed: Int
     }
 
     func run() throws {
         let m = try connection.call(Message("status"))
         let v = View(version: m["version"] ?? "", environment: m["environment"] ?? "", uptime: Int64(m["uptime"] ?? "") ?? 0,
                      pending: Int(m["pending"] ?? "") ?? 0, active_grants: Int(m["active_grants"] ?? "") ?? 0,
-                     database: m["database"] ?? "", socket: m["socket"] ?? "", next_expiry: m["next_expiry"])
+                     database: m["database"] ?? "", socket: m["socket"] ?? "", next_expiry: m["next_expiry"],
+                     notify_channels: Int(m["notify_channels"] ?? "") ?? 0, outbox_pending: Int(m["outbox_pending"] ?? "") ?? 0,
+                     outbox_failed: Int(m["outbox_failed"] ?? "") ?? 0)
         if json { print(Output.json(v)); return }
         print("""
             jitd \(v.version), environment \(v.environment), up \(Durations.format(max(v.uptime, 1)))
@@ -318,6 +323,7 @@ struct Status: ParsableCommand {
             active grants:    \(v.active_grants)\(v.next_expiry.map { "\nnext expiry:      \($0)" } ?? "")
             database:         \(v.database)
             socket:           \(v.socket)
+            notifications:    \(v.outbox_pending) pending, \(v.outbox_failed) failed (\(v.notify_channels) channels)\(v.outbox_failed > 0 ? "; see 'jit audit' for notify.failed" : "")
             """)
     }
 }

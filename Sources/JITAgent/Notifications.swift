@@ -1,0 +1,200 @@
+public import Foundation
+import JITCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The back-off between attempts: 1 s, doubling, capped.
+public enum NotifyBackoff {
+    /// The wait after the `attempts`-th failed attempt (1-based).
+    public static func delay(afterAttempt attempts: Int, cap: Int64) -> Int64 {
+        let shift = min(max(attempts - 1, 0), 30)
+        return min(Int64(1) << shift, max(cap, 1))
+    }
+}
+
+/// The background notifier: expands queued audit events into per-channel messages and delivers them
+/// with retries. It runs on its own thread and never touches the PAM path: the check path only ever
+/// writes audit rows (and a trigger queues the notifiable ones in the same transaction).
+public final class Notifications: Sendable {
+    let engine: Engine
+    let transport: any NotifyTransport
+    let hostname: String
+    /// Group members for `to_groups` (NSS by default).
+    let members: @Sendable (String) -> [String]
+    /// One pass at a time (the thread, and tests).
+    let running = Mutex<Void>(())
+
+    public init(engine: Engine, transport: (any NotifyTransport)? = nil, hostname: String? = nil,
+                members: (@Sendable (String) -> [String])? = nil) {
+        self.engine = engine
+        let h = hostname ?? Notifications.systemHostname()
+        self.hostname = h
+        self.transport = transport ?? SocketTransport(hostname: h)
+        self.members = members ?? Notifications.groupMembers
+    }
+
+    static func systemHostname() -> String {
+        var buf = [UInt8](repeating: 0, count: 256)
+        gethostname(&buf, 255)
+        let s = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
+        return Names.isValid(s) ? s : "localhost"
+    }
+
+    /// The members listed for a group in NSS (`getgrnam_r`'s member list).
+    static let groupMembers: @Sendable (String) -> [String] = { name in
+        var gr = group()
+        var res: UnsafeMutablePointer<group>? = nil
+        var buf = [CChar](repeating: 0, count: 65536)
+        guard getgrnam_r(name, &gr, &buf, buf.count, &res) == 0, res != nil, var p = gr.gr_mem else { return [] }
+        var out: [String] = []
+        while let m = p.pointee {
+            out.append(String(cString: m))
+            p += 1
+        }
+        return out
+    }
+
+    /// One pass: expand the queue, send what is due, notice grants about to end. Returns when the next
+    /// thing falls due (nil: nothing scheduled).
+    @discardableResult
+    public func runOnce() -> Date? {
+        running.withLock { _ in
+            let cfg = engine.config
+            expand(cfg)
+            deliverDue(cfg)
+            var next: Date? = nil
+            do {
+                if cfg.notify.wantsExpiring, cfg.notify.expiryNotice > 0 {
+                    next = try engine.store.noticeExpiring(window: cfg.notify.expiryNotice, now: engine.clock.now())
+                    expand(cfg)
+                }
+                if let d = try engine.store.nextOutboxDue(), next == nil || d < next! { next = d }
+            } catch {
+                engine.logger.error("notify: \((error as? JITError)?.message ?? "\(error)")")
+            }
+            return next
+        }
+    }
+
+    // MARK: expanding
+
+    func expand(_ cfg: Config) {
+        do {
+            for e in try engine.store.notifyQueue() {
+                let messages = self.messages(for: e, cfg)
+                try engine.store.expand(auditID: e.id, into: messages, createdAt: e.date, now: engine.clock.now())
+            }
+        } catch {
+            engine.logger.error("notify: expanding queued events failed: \(error.message)")
+        }
+    }
+
+    /// The facts of one audit event, or nil when it is not worth telling anyone (a request a rule approved
+    /// at once; the requester had the answer in the reply).
+    func facts(_ e: AuditEvent, _ cfg: Config) -> NotifyFacts? {
+        guard let ev = NotifyEvent.of(auditKind: e.kind) else { return nil }
+        let r = e.requestID.flatMap { try? engine.store.request(id: $0) }
+        if let via = r?.approvedVia, via == .auto || via == .breakGlass, e.kind == "request.filed" || e.kind == "request.approved" {
+            return nil
+        }
+        let data = e.pairs
+        var groups: [String] = []
+        var tier: Int? = nil
+        let rule = r.flatMap { cfg.policy.rule(named: $0.rule) }
+        switch ev {
+        case .request: groups = rule?.tiers.first?.groups ?? []
+        case .escalation:
+            tier = data.first { $0.0 == "tier" }.flatMap { Int($0.1) }
+            if let t = tier, let rule, t >= 1, t <= rule.tiers.count { groups = rule.tiers[t - 1].groups }
+        case .breakGlass: groups = Array(Set(cfg.policy.effectiveRules.flatMap(\.allApproverGroups))).sorted()
+        default: break
+        }
+        var grantID = e.grantID ?? r?.grantID
+        var expires: Date? = nil
+        if ev == .expiring || ev == .decision || ev == .breakGlass, let g = grantID.flatMap({ try? engine.store.grant(id: $0) }) {
+            expires = g.expiresAt
+            grantID = g.id
+        }
+        if ev == .decision && e.kind != "request.approved" { grantID = nil }
+        let details = ev == .expiring ? [] : data.filter { ["why", "what", "file", "dir", "count"].contains($0.0) }
+        return NotifyFacts(eventID: e.id, event: ev, kind: e.kind, at: e.date, host: hostname, environment: r?.environment ?? cfg.environment,
+                           actor: e.actor, user: e.user, request: r, grantID: grantID, grantExpiresAt: expires, approverGroups: groups,
+                           tier: tier, details: details)
+    }
+
+    func messages(for e: AuditEvent, _ cfg: Config) -> [(channel: String, kind: String, payload: String, recipients: [String])] {
+        guard let f = facts(e, cfg) else { return [] }
+        var out: [(channel: String, kind: String, payload: String, recipients: [String])] = []
+        for c in cfg.notify.channels where c.wants(f.event) {
+            switch c.kind {
+            case .webhook: out.append((c.name, e.kind, NotifyRender.webhook(f), []))
+            case .slack: out.append((c.name, e.kind, NotifyRender.slack(f), []))
+            case .email:
+                var to = c.to
+                if c.toGroups, let domain = c.domain {
+                    var users: [String] = []
+                    switch f.event {
+                    case .request, .escalation, .breakGlass: users = f.approverGroups.flatMap(members).filter { $0 != f.user }
+                    case .decision, .expiring: users = [f.user]
+                    case .sudoers: users = []
+                    }
+                    for u in users where Names.isValid(u) {
+                        let a = "\(u)@\(domain)"
+                        if Email.isAddress(a) && !to.contains(a) { to.append(a) }
+                    }
+                }
+                guard !to.isEmpty else { continue }
+                do {
+                    let msg = try EmailMessage.render(from: c.from, to: to, subject: NotifyRender.subject(f), body: NotifyRender.plain(f),
+                                                      messageID: "jit-\(e.id)-\(c.name)@\(hostname)", date: f.at)
+                    out.append((c.name, e.kind, msg, to))
+                } catch {
+                    engine.logger.error("notify: channel '\(c.name)': event \(e.id): \(error.message)")
+                }
+            }
+        }
+        return out
+    }
+
+    // MARK: delivering
+
+    func deliverDue(_ cfg: Config) {
+        let rows: [Store.OutboxRow]
+        do { rows = try engine.store.dueOutbox(now: engine.clock.now()) } catch {
+            engine.logger.error("notify: \(error.message)")
+            return
+        }
+        for row in rows {
+            let attempts = row.attempts + 1
+            let result: DeliveryResult
+            if let ch = cfg.notify.channel(named: row.channel) {
+                result = transport.deliver(row, via: ch, timeout: cfg.notify.timeout)
+            } else {
+                result = .failed("the channel '\(row.channel)' is no longer in the config")
+            }
+            let now = engine.clock.now()
+            do {
+                switch result {
+                case .sent:
+                    try engine.store.markSent(row.id, attempts: attempts, at: now)
+                    engine.logger.info("notify: \(row.kind) (event \(row.auditID)) delivered to '\(row.channel)'\(attempts > 1 ? " after \(attempts) attempts" : "")")
+                case .failed(let why):
+                    let age = now.timeIntervalSince(row.createdAt)
+                    let gone = cfg.notify.channel(named: row.channel) == nil
+                    if gone || age >= Double(cfg.notify.giveUpAfter) || (cfg.notify.maxAttempts.map { attempts >= $0 } ?? false) {
+                        try engine.store.markFailed(row, attempts: attempts, error: why, at: now)
+                        engine.logger.error("notify: gave up on \(row.kind) (event \(row.auditID)) to '\(row.channel)' after \(attempts) attempts: \(why)")
+                    } else {
+                        let wait = NotifyBackoff.delay(afterAttempt: attempts, cap: cfg.notify.maxBackoff)
+                        try engine.store.markRetry(row.id, attempts: attempts, next: now.addingTimeInterval(Double(wait)), error: why)
+                        engine.logger.warning("notify: \(row.kind) (event \(row.auditID)) to '\(row.channel)' failed (attempt \(attempts)): \(why); retrying in \(wait) s")
+                    }
+                }
+            } catch {
+                engine.logger.error("notify: \(error.message)")
+            }
+        }
+    }
+}
