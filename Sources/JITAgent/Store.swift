@@ -240,42 +240,6 @@ public final class Store: Sendable {
         public var decided: Bool
     }
 
-    /// Records one approval, and approves the request (creating its grant) once `required` distinct
-    /// approvers have approved. `authorize` runs inside the transaction on the current request.
-    public func approve(
-        id: Int64, by approver: String, comment: String?, at now: Date, required: Int, noPassword: Bool,
-        authorize: (AccessRequest) throws(JITError) -> Void
-    ) throws(JITError) -> Decision {
-        try write { db in
-            guard var r = try self.loadRequest(db, id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
-            try authorize(r)
-            guard r.state == .pending else { _ = try r.state.transition(to: .approved); fatalError("unreachable") }
-            if r.approvals.contains(approver) {
-                throw JITError(.conflict, "\(approver) has already approved request \(id); another approver must approve it too")
-            }
-            try db.execute(sql: "INSERT INTO approvals (request_id, approver, at, comment) VALUES (?, ?, ?, ?)",
-                arguments: [id, approver, Timestamps.millis(now), comment])
-            r.approvals.append(approver)
-            guard r.approvals.count >= required else { return Decision(request: r, grant: nil, decided: false) }
-            r.state = try r.state.transition(to: .approved)
-            r.decidedAt = now
-            r.decidedBy = approver
-            r.comment = comment
-            try db.execute(sql: "UPDATE requests SET state = ?, decided_at = ?, decided_by = ?, comment = ? WHERE id = ?",
-                arguments: [r.state.rawValue, Timestamps.millis(now), approver, comment, id])
-            var g = Grant(
-                requestID: r.id, user: r.user, uid: r.uid, environment: r.environment, scope: r.scope, runAs: r.runAs,
-                startsAt: now, expiresAt: now.addingTimeInterval(Double(r.duration)), noPassword: noPassword)
-            try db.execute(
-                sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
-                arguments: [g.requestID, g.user, Int64(g.uid), g.environment, g.scope.name, g.scope.commands.joined(separator: "\n"), g.runAs,
-                            Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0])
-            g.id = db.lastInsertedRowID
-            r.grantID = g.id
-            return Decision(request: r, grant: g, decided: true)
-        }
-    }
-
     /// Ends a pending request as denied, cancelled or expired (the transition is checked in `RequestState`).
     public func end(
         id: Int64, as next: RequestState, by who: String?, comment: String?, at now: Date,
