@@ -1,5 +1,6 @@
 public import Foundation
 import GRDB
+import Synchronization
 public import JITCore
 
 /// Where requests, approvals, grants and sessions live. SQLite through GRDB, WAL mode, `synchronous=FULL`:
@@ -10,6 +11,10 @@ public final class Store: Sendable {
     let pool: DatabasePool
     /// Poked after every committed change: the audit shipper waits on it.
     public let appended = Waker()
+    /// Counts committed changes made through `write`: the active-grant cache is valid for one value.
+    let generation = Atomic<UInt64>(0)
+    /// Active grants by user, as of a generation: the check path reads this instead of the database.
+    let grantCache = Mutex<(gen: UInt64, byUser: [String: [Grant]])?>(nil)
     /// Poked after every committed change too: the notifier waits on it.
     public let outboxWaker = Waker()
 
@@ -149,7 +154,12 @@ public final class Store: Sendable {
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
     func write<T>(_ body: (Database) throws -> T) throws(JITError) -> T {
         do {
-            defer { appended.wake(); outboxWaker.wake() }
+            // After the commit (or the rollback): the grant cache is stale from now on.
+            defer {
+                generation.add(1, ordering: .sequentiallyConsistent)
+                appended.wake()
+                outboxWaker.wake()
+            }
             return try pool.write { db in try body(db) }
         } catch let e as JITError {
             throw e
@@ -302,14 +312,26 @@ public final class Store: Sendable {
         }
     }
 
-    /// The check path: the user's active, unexpired grant that covers `kind`, latest expiry first.
+    /// The check path: the user's active, unexpired grant that covers `kind`, latest expiry first. Served
+    /// from a cache of the active grants that every committed change through `write` invalidates (jitd is the
+    /// database's only writer), so a revocation or expiry is seen by the very next check.
     public func coveringGrant(user: String, kind: ServiceKind, now: Date) throws(JITError) -> Grant? {
-        try read { db in
-            let sql = kind == .sudo
-                ? "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? AND scope != 'login' ORDER BY expires_at DESC LIMIT 1"
-                : "SELECT \(Store.grantColumns) FROM grants WHERE user = ? AND state = 'active' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1"
-            return try Row.fetchOne(db.cachedStatement(sql: sql), arguments: [user, Timestamps.millis(now)]).map(Store.grant(from:))
+        let gen = generation.load(ordering: .sequentiallyConsistent)
+        var mine = grantCache.withLock { c -> [Grant]? in
+            guard let c, c.gen == gen else { return nil }
+            return c.byUser[user] ?? []
         }
+        if mine == nil {
+            // Read with the generation taken before the query: a change committed meanwhile bumps it, and the
+            // next check reloads.
+            var byUser: [String: [Grant]] = [:]
+            for g in try activeGrants() { byUser[g.user, default: []].append(g) }
+            grantCache.withLock { $0 = (gen, byUser) }
+            mine = byUser[user] ?? []
+        }
+        return mine!
+            .filter { $0.state == .active && $0.expiresAt > now && (kind == .login || $0.scope.includesSudo) }
+            .max { $0.expiresAt < $1.expiresAt }
     }
 
     /// Ends an active grant as expired or revoked.

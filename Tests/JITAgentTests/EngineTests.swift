@@ -301,3 +301,22 @@ typealias D = FakeDirectory
         #expect(pages > 1)
     }
 }
+
+@Suite struct GrantCacheTests {
+    @Test func theCheckCacheNeverOutlivesARevocationOrAnExpiry() throws {
+        let h = try Harness()
+        let id = try h.file(scope: "sudo", seconds: 60)
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "pending")
+        _ = h.call(D.bob, "approve", [("id", String(id))])
+        // Warm the cache, then revoke: the very next check is refused.
+        for _ in 0..<3 { #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "allow") }
+        _ = h.call(D.bob, "revoke", [("id", "1")])
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] != "allow")
+        // A grant past its time is refused even before the scheduler has expired it in the store.
+        let id2 = try h.file(scope: "sudo", seconds: 60)
+        _ = h.call(D.bob, "approve", [("id", String(id2))])
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "allow")
+        h.clock.advance(61)
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] != "allow")
+    }
+}
