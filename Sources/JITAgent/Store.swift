@@ -35,9 +35,13 @@ public final class Store: Sendable {
         }
         var config = Configuration()
         config.busyMode = .timeout(5)
+        // Reads are short and the check path reads a cache: two readers and small page caches keep the
+        // agent's memory low.
+        config.maximumReaderCount = 2
         config.label = "jit"
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA cache_size = -1024")
             Store.addAuditFunctions(db)
         }
         do {
