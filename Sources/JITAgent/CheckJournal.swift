@@ -19,6 +19,8 @@ public final class CheckJournal: Sendable {
     let rotateBytes: Int
     /// The file appends go to: generation and descriptor.
     let current: Mutex<(gen: Int64, fd: Int32)>
+    /// Held for a whole ingest.
+    let ingesting = Mutex<Void>(())
 
     public init(store: Store, rotateBytes: Int = 4 << 20) throws(JITError) {
         self.store = store
@@ -65,13 +67,7 @@ public final class CheckJournal: Sendable {
                       AuditChain.kv(data)]
         for (i, f) in fields.enumerated() {
             if i > 0 { out.append(9) }
-            for b in f.utf8 {
-                if b == UInt8(ascii: "%") || b < 0x20 || b == 0x7f {
-                    out += Array(String(format: "%%%02X", b).utf8)
-                } else {
-                    out.append(b)
-                }
-            }
+            Message.percentEncode(f, into: &out)
         }
         out.append(10)
         return out
@@ -87,36 +83,46 @@ public final class CheckJournal: Sendable {
         store.appended.wake()
     }
 
-    /// Moves every complete journal line into the audit chain. Safe to call from any thread (the store
-    /// serialises writes); returns how many events were ingested.
+    /// Moves every complete journal line into the audit chain; returns how many events were ingested.
+    /// One ingest at a time (the shipper thread and `jit audit` both call it): the journal position is read
+    /// outside the write transaction, so two at once would ingest the same lines twice.
     @discardableResult
     public func ingest() -> Int {
+        ingesting.withLock { _ in ingestLocked() }
+    }
+
+    func ingestLocked() -> Int {
         var total = 0
         do {
             while true {
                 let cur = try store.journalCursor()
                 let appendingGen = current.withLock { $0.gen }
                 let path = CheckJournal.path(dir, cur.gen)
-                let data = FileManager.default.contents(atPath: path) ?? Data()
-                var offset = Int(cur.offset)
-                if offset > data.count { offset = data.count }
+                // Only what follows the stored position is read.
+                var data = Data()
+                if let fh = FileHandle(forReadingAtPath: path) {
+                    defer { try? fh.close() }
+                    try? fh.seek(toOffset: UInt64(cur.offset))
+                    data = (try? fh.readToEnd()) ?? Data()
+                }
                 var events: [(Int64, String, String, String, Int64?, Int64?, String)] = []
-                var end = offset
-                var i = offset
+                var consumed = 0
                 data.withUnsafeBytes { raw in
                     let b = raw.bindMemory(to: UInt8.self)
-                    var lineStart = offset
+                    var lineStart = 0
+                    var i = 0
                     while i < b.count && events.count < 5000 {
                         if b[i] == 10 {
+                            // A line that does not parse is a fragment cut short by a kill: never answered, skipped.
                             if let e = CheckJournal.parse(Array(b[lineStart..<i])) { events.append(e) }
-                            end = i + 1
+                            consumed = i + 1
                             lineStart = i + 1
                         }
                         i += 1
                     }
                 }
-                if !events.isEmpty {
-                    try store.ingestChecks(events, gen: cur.gen, offset: Int64(end))
+                if consumed > 0 {
+                    try store.ingestChecks(events, gen: cur.gen, offset: cur.offset + Int64(consumed))
                     total += events.count
                     continue
                 }
@@ -126,7 +132,7 @@ public final class CheckJournal: Sendable {
                     unlink(path)
                     continue
                 }
-                if end >= rotateBytes && end == data.count {
+                if cur.offset >= Int64(rotateBytes) && data.isEmpty {
                     try rotate(from: cur.gen)
                     continue
                 }

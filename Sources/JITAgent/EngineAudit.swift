@@ -15,16 +15,22 @@ extension Engine {
         if decision != "allow", let msg = reply["message"] { data.append(("why", msg)) }
         let kind = decision == "allow" ? (ServiceKind(service: m["service"] ?? "") == .sudo ? "check.sudo" : "check.login") : "check.\(decision)"
         do {
-            let requestID = reply["request"].flatMap { Int64($0) }, grantID = reply["grant"].flatMap { Int64($0) }
-            if let journal {
-                try journal.append(at: clock.now(), kind: kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data)
-            } else {
-                try store.record(kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data, at: clock.now(), durable: false)
-            }
+            try recordFromPAM(kind, user: user, requestID: reply["request"].flatMap { Int64($0) },
+                              grantID: reply["grant"].flatMap { Int64($0) }, data: data)
             return reply
         } catch {
             logger.error("audit: \(error.message); refusing the check")
             return Message("ok", [("decision", "deny"), ("message", "access denied: jitd could not record the audit event (\(error.message))")])
+        }
+    }
+
+    /// An event from the PAM path: into the check journal (one append), or without a journal into the
+    /// database without waiting for fsync. It survives the agent being killed once this returns.
+    func recordFromPAM(_ kind: String, user: String, requestID: Int64?, grantID: Int64?, data: [(String, String)]) throws(JITError) {
+        if let journal {
+            try journal.append(at: clock.now(), kind: kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data)
+        } else {
+            try store.record(kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data, at: clock.now(), durable: false)
         }
     }
 
@@ -43,7 +49,7 @@ extension Engine {
             case "audit":
                 try m.onlyKeys(["since", "until", "user", "grant", "after"])
                 journal?.ingest()
-                var q = Store.AuditQuery(limit: 300)
+                var q = Store.AuditQuery(limit: Store.pageSize + 1)
                 if let s = m["since"] { q.since = try time(s, "since") }
                 if let u = m["until"] { q.until = try time(u, "until") }
                 q.grantID = try m.int("grant")
@@ -57,21 +63,8 @@ extension Engine {
                 } else if !everyone {
                     q.user = c.name
                 }
-                let events = try store.events(q)
-                var out = Message("ok")
-                var size = 64
-                for e in events {
-                    let f = e.fields
-                    let n = f.reduce(2) { $0 + $1.0.utf8.count + $1.1.utf8.count * 3 + 2 }
-                    if size + n > Wire.maxFrame - 4096 { break }
-                    size += n
-                    out.records.append(f)
-                }
-                // More may follow when the frame filled up or the query hit its limit.
-                let more = out.records.count < events.count || events.count == q.limit
-                if more, let last = out.records.last?.first(where: { $0.0 == "id" })?.1 { out.add("next", last) }
-                out.fields.insert(("count", String(out.records.count)), at: 0)
-                return out
+                // Oldest first; `next=ID` means ask again with `after=ID`.
+                return Engine.page(try store.events(q).map { ($0.id, $0.fields) })
             case "audit_verify":
                 try m.onlyKeys(["archive"])
                 guard c.isRoot || config.policy.isApprover(c) else {
@@ -100,8 +93,8 @@ extension Engine {
                 guard let kind = m["kind"], ["exempt"].contains(kind) else { throw JITError(.badRequest, "the note kind must be 'exempt'") }
                 var data: [(String, String)] = []
                 for k in ["service", "rhost", "tty", "why"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
-                try store.record("pam.\(kind)", actor: "pam", user: m["user"] ?? "", data: data, at: clock.now(), durable: false)
-                    logger.notice("exempt pass: \(m["user"] ?? "?") via \(m["service"] ?? "?") (\(m["why"] ?? ""))")
+                try recordFromPAM("pam.\(kind)", user: m["user"] ?? "", requestID: nil, grantID: nil, data: data)
+                logger.notice("exempt pass: \(m["user"] ?? "?") via \(m["service"] ?? "?") (\(m["why"] ?? ""))")
                 return Message("ok")
             default:
                 return nil

@@ -102,7 +102,8 @@ public struct Message: Equatable, Sendable {
         return [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
     }
 
-    static func percentEncode(_ s: String, into out: inout [UInt8]) {
+    /// `%XX` for `%`, control bytes and DEL; everything else as itself (docs/PROTOCOL.md).
+    public static func percentEncode(_ s: String, into out: inout [UInt8]) {
         let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
         for b in s.utf8 {
             if b == UInt8(ascii: "%") || b < 0x20 || b == 0x7f {

@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -157,6 +158,29 @@ class Agent:
 
     def sql(self, query):
         return run(["sqlite3", self.database, query], check=True).stdout.strip()
+
+
+def requests_until_killed(agent, user, seconds=1.0):
+    """Files requests as `user` in a loop, SIGKILLs the agent while they are in flight, restarts it, and
+    returns the IDs of the requests that were answered before the kill."""
+    answered = []
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            p = agent.jit(user, "request", "--for", "5m", "--reason", "load", "--json")
+            if p.returncode == 0:
+                answered.append(json.loads(p.stdout)["id"])
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(seconds)
+    agent.kill9()
+    stop.set()
+    t.join()
+    agent.start()
+    assert answered, "no request was answered before the kill"
+    return answered
 
 
 def raw_call(sock_path, body: bytes, timeout=5):

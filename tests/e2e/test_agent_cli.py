@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import JIT, JITD, REPO, raw_call, run, needs_root
+from conftest import JIT, JITD, REPO, raw_call, requests_until_killed, run, needs_root
 
 pytestmark = needs_root
 
@@ -275,23 +275,7 @@ def test_sigkill_at_any_moment_loses_nothing(agent, people):
     active = agent.jit_json(alice, "grants", "--active")
     assert [g["request_id"] for g in active] == [granted["id"]]
     # SIGKILL while writes are in flight: every answered request is there, none half-written.
-    answered = []
-    stop = threading.Event()
-
-    def writer():
-        while not stop.is_set():
-            p = agent.jit(alice, "request", "--for", "5m", "--reason", "load", "--json")
-            if p.returncode == 0:
-                answered.append(json.loads(p.stdout)["id"])
-
-    t = threading.Thread(target=writer)
-    t.start()
-    time.sleep(1.0)
-    agent.kill9()
-    stop.set()
-    t.join()
-    agent.start()
-    assert answered, "no request was answered before the kill"
+    answered = requests_until_killed(agent, alice)
     ids = {r["id"] for r in agent.jit_json(bob, "list")}
     assert set(answered) <= ids
     assert agent.sql("pragma integrity_check") == "ok"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, needs_root, run
+from conftest import REPO, needs_root, requests_until_killed, run
 from hosts import EtcFiles, Sudo, pam_args
 
 pytestmark = needs_root
@@ -131,22 +131,7 @@ def test_any_single_row_edit_is_caught_and_named(agent, people, how):
 def test_events_survive_sigkill(agent, people):
     agent.start()
     alice, bob = people["alice"], people["bob"]
-    answered = []
-    stop = threading.Event()
-
-    def writer():
-        while not stop.is_set():
-            p = agent.jit(alice, "request", "--for", "5m", "--reason", "load", "--json")
-            if p.returncode == 0:
-                answered.append(json.loads(p.stdout)["id"])
-
-    t = threading.Thread(target=writer)
-    t.start()
-    time.sleep(1.0)
-    agent.kill9()
-    stop.set()
-    t.join()
-    agent.start()
+    answered = requests_until_killed(agent, alice)
     filed = {e["request_id"] for e in agent.jit_json(None, "audit") if e["kind"] == "request.filed"}
     assert set(answered) <= filed
     p = agent.jit(None, "audit", "verify")
