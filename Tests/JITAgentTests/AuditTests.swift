@@ -180,6 +180,20 @@ import JITCore
         #expect(try h.engine.store.events(Store.AuditQuery()).count == 6)
     }
 
+    @Test func concurrentIngestsNeverChainALineTwice() throws {
+        let h = try Harness()
+        let j = try CheckJournal(store: h.engine.store)
+        for i in 0..<2000 {
+            try j.append(at: h.clock.now(), kind: "check.sudo", actor: "pam", user: "u\(i % 7)", requestID: nil, grantID: nil, data: [])
+        }
+        let threads = (0..<4).map { _ in Thread { j.ingest() } }
+        threads.forEach { $0.start() }
+        j.ingest()
+        while threads.contains(where: { $0.isExecuting || !$0.isFinished }) { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(try h.engine.store.events(Store.AuditQuery(limit: 5000)).count == 2000)
+        #expect(try h.engine.store.verifyAudit().problem == nil)
+    }
+
     @Test func fullyIngestedFilesRotateAway() throws {
         let h = try Harness()
         let dir = (h.engine.store.path as NSString).deletingLastPathComponent
