@@ -266,7 +266,7 @@ typealias D = FakeDirectory
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(repeating: 0x41, count: 8192))
     }
 
-    @Test(.enabled(if: getuid() != 0, "root ignores file permissions; the read-only case is covered end to end with chattr"))
+    @Test(.enabled(if: getuid() != 0, "root ignores file permissions; tests/e2e covers it as root with a read-only tmpfs"))
     func aReadOnlyDatabaseIsRefused() throws {
         let dir = TempDir()
         let path = dir.file("jit.db")
