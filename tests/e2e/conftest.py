@@ -34,13 +34,22 @@ def run(cmd, check=False, timeout=60, **kw):
     return p
 
 
+GROUPS_LOCK = "/run/jit-e2e-groups.lock"
+
+
 class Users:
-    """Creates throw-away users and groups with a unique prefix; removes them all at the end."""
+    """Creates throw-away users and groups with a unique prefix; removes them all at the end.
+
+    Shared group names (jit-requesters, ...) are held with a shared flock while a test uses them, and removed
+    only by the last holder, so that two test runs on one machine never delete each other's groups."""
 
     def __init__(self):
         self.tag = "j" + uuid.uuid4().hex[:5]
         self.users = []
         self.groups = []
+        import fcntl
+        self._lock = open(GROUPS_LOCK, "a")
+        fcntl.flock(self._lock, fcntl.LOCK_SH)
 
     def group(self, name):
         if name not in self.groups:
@@ -66,8 +75,16 @@ class Users:
         for u in self.users:
             run(["pkill", "-KILL", "-u", u])
             run(["userdel", "-r", "-f", u])
-        for g in self.groups:
-            run(["groupdel", g])
+        import fcntl
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            last = True
+        except OSError:
+            last = False
+        if last:
+            for g in self.groups:
+                run(["groupdel", g])
+        self._lock.close()
 
 
 class Agent:
