@@ -40,7 +40,7 @@ let package = Package(
         // The logic: model, life cycle, durations, config, policy, wire protocol. No I/O of its own.
         .target(
             name: "JITCore",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: [.product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The one place that writes sudoers: rendering, injection checks, visudo, atomic install, reconcile.
@@ -56,6 +56,12 @@ let package = Package(
                 "CJITSys",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+                // Notifications: HTTPS webhooks, SMTP over NIO with TLS.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: strict
         ),
@@ -85,7 +91,10 @@ let package = Package(
         .executableTarget(name: "jit-multicall", dependencies: ["JITCLI", "JITDaemon"], swiftSettings: strict),
         .testTarget(
             name: "JITCoreTests",
-            dependencies: ["JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            dependencies: [
+                "JITCore", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),

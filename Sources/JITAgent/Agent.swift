@@ -100,6 +100,7 @@ public final class Agent: Sendable {
             engine.store.appended.wake()
             engine.journal?.ingest()
             engine.store.outboxWaker.wake()
+            notifications.transport.shutdown()
             trail.ship()
             trail.announceHead()
             return 0

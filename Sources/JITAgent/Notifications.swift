@@ -31,7 +31,7 @@ public final class Notifications: Sendable {
         self.engine = engine
         let h = hostname ?? Notifications.systemHostname()
         self.hostname = h
-        self.transport = transport ?? SocketTransport(hostname: h)
+        self.transport = transport ?? LiveTransport(hostname: h)
         self.members = members ?? Notifications.groupMembers
     }
 

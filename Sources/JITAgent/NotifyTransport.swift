@@ -1,213 +1,187 @@
+import AsyncHTTPClient
 import Foundation
 public import JITCore
-#if canImport(Glibc)
-import Glibc
-#endif
+import JITSudoers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Synchronization
 
-/// What a delivery attempt came to. `failed` carries a sentence safe to log: it names the endpoint
-/// (`host:port`), never a URL path, secret or password.
+/// Why one delivery attempt failed, as a sentence safe to log.
+struct NotifyFailure: Error { var message: String }
+
+/// What a delivery attempt came to. `failed` carries a sentence safe to log: it names the channel and the
+/// endpoint (`host:port`), never a URL path, secret or password.
 public enum DeliveryResult: Sendable, Equatable {
     case sent
     case failed(String)
 }
 
-/// Sends one outbox message over its channel. The agent uses `SocketTransport`; tests use fakes.
+/// Sends one outbox message over its channel. The agent uses `LiveTransport`; tests use fakes.
 public protocol NotifyTransport: Sendable {
     func deliver(_ m: Store.OutboxRow, via c: NotifyChannel, timeout: Int64) -> DeliveryResult
+    /// Closes kept-alive connections; called once when the agent stops.
+    func shutdown()
 }
 
-/// HTTP/1.1 POST and SMTP over plain TCP with POSIX sockets: every connect, read and write bounded by
-/// poll() deadlines, MSG_NOSIGNAL on every send.
-public struct SocketTransport: NotifyTransport {
+extension NotifyTransport {
+    public func shutdown() {}
+}
+
+/// Webhooks and Slack over HTTPS with async-http-client (one shared client: kept-alive connections, the
+/// system CA bundle or the channel's `ca_file`, redirects never followed); mail through the system's
+/// `sendmail`, or SMTP over a NIO channel with NIOSSL (STARTTLS required, or implicit TLS on port 465).
+/// Called from the notifier's own thread: each call blocks until its deadline at most.
+public final class LiveTransport: NotifyTransport {
     let hostname: String
+    /// Made at the first webhook or Slack post, so an agent without such channels runs no client.
+    let client = Mutex<HTTPClient?>(nil)
+    let closed = Atomic<Bool>(false)
+
     public init(hostname: String) { self.hostname = hostname }
 
     public func deliver(_ m: Store.OutboxRow, via c: NotifyChannel, timeout: Int64) -> DeliveryResult {
-        let deadline = Double(max(1, timeout))
+        let seconds = max(1, timeout)
         do {
             switch c.kind {
-            case .webhook, .slack:
-                guard let url = c.url else { return .failed("the channel has no URL") }
-                var headers = [("Content-Type", "application/json"), ("X-JIT-Event", m.kind), ("X-JIT-Delivery", String(m.id))]
-                if let key = c.secret {
-                    headers.append(("X-JIT-Signature", "sha256=" + HMACSHA256.hex(key: key, message: Array(m.payload.utf8))))
-                }
-                let code = try post(url, body: Array(m.payload.utf8), headers: headers, timeout: deadline)
-                return (200...299).contains(code) ? .sent : .failed("\(url.endpoint) answered HTTP \(code)")
+            case .webhook, .slack: try post(m, via: c, timeout: seconds)
             case .email:
-                try smtp(c, m, timeout: deadline)
-                return .sent
+                switch c.transport {
+                case .sendmail: try sendmail(m, via: c, timeout: seconds)
+                case .smtp: try SMTPSession.send(m, via: c, hostname: hostname, timeout: seconds)
+                }
             }
+            return .sent
         } catch {
-            return .failed(error.message)
+            return .failed("channel '\(c.name)': \(error.message)")
         }
     }
 
-    struct Failure: Error { var message: String }
-
-    // MARK: sockets
-
-    final class Conn {
-        let fd: Int32
-        let endpoint: String
-        let timeout: Double
-        var buffer: [UInt8] = []
-        init(fd: Int32, endpoint: String, timeout: Double) {
-            self.fd = fd
-            self.endpoint = endpoint
-            self.timeout = timeout
+    public func shutdown() {
+        closed.store(true, ordering: .sequentiallyConsistent)
+        let c = client.withLock { c in
+            defer { c = nil }
+            return c
         }
-        deinit { close(fd) }
+        try? c?.syncShutdown()
+    }
 
-        func wait(_ events: Int16, _ what: String) throws(Failure) {
-            var p = pollfd(fd: fd, events: events, revents: 0)
-            let rc = poll(&p, 1, Int32(timeout * 1000))
-            if rc == 0 { throw Failure(message: "\(endpoint): timed out \(what) after \(Int(timeout)) s") }
-            if rc < 0 { throw Failure(message: "\(endpoint): poll failed while \(what): \(String(cString: strerror(errno)))") }
+    // MARK: HTTPS
+
+    func httpClient() throws(NotifyFailure) -> HTTPClient {
+        try client.withLock { c throws(NotifyFailure) -> HTTPClient in
+            guard !closed.load(ordering: .sequentiallyConsistent) else { throw NotifyFailure(message: "jitd is stopping") }
+            if let c { return c }
+            var cfg = HTTPClient.Configuration(
+                tlsConfiguration: .makeClientConfiguration(), redirectConfiguration: .disallow,
+                connectionPool: .init(idleTimeout: .seconds(60)), decompression: .disabled)
+            cfg.httpVersion = .http1Only
+            let made = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: cfg)
+            c = made
+            return made
         }
+    }
 
-        func send(_ bytes: [UInt8]) throws(Failure) {
-            var off = 0
-            while off < bytes.count {
-                try wait(Int16(POLLOUT), "sending")
-                let n = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if n < 0 {
-                    if errno == EAGAIN || errno == EINTR { continue }
-                    throw Failure(message: "\(endpoint): sending failed: \(String(cString: strerror(errno)))")
-                }
-                off += n
+    /// The Standard Webhooks headers (standardwebhooks.com): `webhook-id` stays the same on every retry,
+    /// `webhook-timestamp` is this attempt's, and `webhook-signature` is `v1,` and the base64 HMAC-SHA256
+    /// of `id.timestamp.body` under the channel's key.
+    static func standardWebhooks(id: String, at: Date, body: [UInt8], key: [UInt8]) -> [(String, String)] {
+        let ts = String(Int64(at.timeIntervalSince1970.rounded(.down)))
+        let mac = HMACSHA256.mac(key: key, message: Array("\(id).\(ts).".utf8) + body)
+        return [("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", "v1," + Data(mac).base64EncodedString())]
+    }
+
+    func post(_ m: Store.OutboxRow, via c: NotifyChannel, timeout: Int64) throws(NotifyFailure) {
+        guard let url = c.url else { throw NotifyFailure(message: "the channel has no URL") }
+        let body = Array(m.payload.utf8)
+        var headers = HTTPHeaders([("Content-Type", "application/json"), ("User-Agent", "jitd/\(JITVersion.string)"),
+                                   ("X-JIT-Event", m.kind), ("X-JIT-Delivery", String(m.id))])
+        if let key = c.secret {
+            headers.add(name: "X-JIT-Signature", value: "sha256=" + HMACSHA256.hex(key: key, message: body))
+        }
+        if let key = c.webhookKey {
+            headers.add(contentsOf: Self.standardWebhooks(id: "jit-\(hostname)-\(m.id)", at: Date(), body: body, key: key))
+        }
+        var tls: TLSConfiguration? = nil
+        if let ca = c.caFile {
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.trustRoots = .file(ca)
+            tls = t
+        }
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: url.string, method: .POST, headers: headers, body: .bytes(body), tlsConfiguration: tls)
+        } catch {
+            throw NotifyFailure(message: "\(url.endpoint): not a URL the HTTP client accepts")
+        }
+        let client = try httpClient()
+        let delegate = ResponseAccumulator(request: request, maxBodySize: 64 * 1024)
+        let status: UInt
+        do {
+            let response = try client.execute(request: request, delegate: delegate, deadline: .now() + .seconds(timeout)).futureResult.wait()
+            status = response.status.code
+        } catch {
+            throw NotifyFailure(message: "\(url.endpoint): \(Self.describe(error, timeout: timeout))")
+        }
+        guard (200...299).contains(status) else {
+            let redirect = (300...399).contains(status) ? " (redirects are not followed: give the final URL)" : ""
+            throw NotifyFailure(message: "\(url.endpoint) answered HTTP \(status)\(redirect)")
+        }
+    }
+
+    /// A sentence for an HTTP client, NIO or TLS error, without URLs (a Slack hook's path is its secret).
+    static func describe(_ error: any Error, timeout: Int64) -> String {
+        if let e = error as? HTTPClientError {
+            switch e {
+            case .deadlineExceeded, .readTimeout, .connectTimeout, .writeTimeout: return "timed out after \(timeout) s"
+            case .remoteConnectionClosed: return "the server closed the connection before answering"
+            case .alreadyShutdown: return "jitd is stopping"
+            default: return "HTTP failed (\(e))"
             }
         }
+        return TLSWords.describe(error)
+    }
 
-        /// Reads one CRLF- or LF-ended line (at most 8 KiB).
-        func line() throws(Failure) -> String {
-            while true {
-                if let i = buffer.firstIndex(of: 10) {
-                    var l = Array(buffer[..<i])
-                    buffer.removeSubrange(...i)
-                    if l.last == 13 { l.removeLast() }
-                    return String(decoding: l, as: UTF8.self)
+    // MARK: sendmail
+
+    /// `sendmail -t -i -f FROM` with the message on stdin (LF line ends, as local mail is written): the MTA
+    /// takes it from there (TLS, relaying, queueing). Exit status 0 means the MTA accepted it.
+    func sendmail(_ m: Store.OutboxRow, via c: NotifyChannel, timeout: Int64) throws(NotifyFailure) {
+        guard !m.recipients.isEmpty else { throw NotifyFailure(message: "no recipients") }
+        var input: [UInt8] = []
+        input.reserveCapacity(m.payload.utf8.count)
+        for b in m.payload.utf8 where b != 13 { input.append(b) }
+        let r = Posix.run(c.sendmail, ["-t", "-i", "-f", c.from], input: input, timeout: Int(timeout))
+        guard r.status == 0 else {
+            let said = NotifyRender.line(r.output.split(whereSeparator: \.isNewline).joined(separator: " / ")).prefix(300)
+            let how = r.status < 0 ? "failed" : "exited with status \(r.status)"
+            throw NotifyFailure(message: "\(c.sendmail) \(how)\(said.isEmpty ? "" : ": \(said)")")
+        }
+    }
+}
+
+/// TLS failures in words an admin can act on.
+enum TLSWords {
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? NIOSSLExtraError, e == .failedToValidateHostname {
+            return "TLS: the server's certificate is not for this host name (\(e))"
+        }
+        if let e = error as? NIOSSLError {
+            switch e {
+            case .handshakeFailed(let inner):
+                let text = "\(inner)"
+                if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
+                    return "TLS: the server's certificate is not trusted (it does not chain to the system CA bundle or the channel's ca_file)"
                 }
-                guard buffer.count < 8192 else { throw Failure(message: "\(endpoint): a reply line longer than 8 KiB") }
-                try wait(Int16(POLLIN), "waiting for a reply")
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n < 0 {
-                    if errno == EAGAIN || errno == EINTR { continue }
-                    throw Failure(message: "\(endpoint): reading failed: \(String(cString: strerror(errno)))")
-                }
-                if n == 0 { throw Failure(message: "\(endpoint): the connection closed before a reply") }
-                buffer += chunk[..<n]
+                return "TLS handshake failed: \(text)"
+            case .uncleanShutdown: return "TLS: the server closed the connection without a TLS close"
+            default: return "TLS failed: \(e)"
             }
         }
-    }
-
-    static func connect(host: String, port: UInt16, timeout: Double) throws(Failure) -> Conn {
-        let endpoint = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_family = AF_UNSPEC
-        var res: UnsafeMutablePointer<addrinfo>? = nil
-        let rc = getaddrinfo(host, String(port), &hints, &res)
-        guard rc == 0, let first = res else { throw Failure(message: "\(endpoint): cannot resolve the host (\(String(cString: gai_strerror(rc))))") }
-        defer { freeaddrinfo(res) }
-        var why = "no address"
-        var ai: UnsafeMutablePointer<addrinfo>? = first
-        while let a = ai {
-            ai = a.pointee.ai_next
-            let fd = socket(a.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            if fd < 0 { why = String(cString: strerror(errno)); continue }
-            let conn = Conn(fd: fd, endpoint: endpoint, timeout: timeout)
-            if Glibc.connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) != 0 {
-                guard errno == EINPROGRESS else { why = String(cString: strerror(errno)); continue }
-                do { try conn.wait(Int16(POLLOUT), "connecting") } catch { why = "timed out connecting"; continue }
-                var err: Int32 = 0
-                var len = socklen_t(MemoryLayout<Int32>.size)
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
-                if err != 0 { why = String(cString: strerror(err)); continue }
-            }
-            return conn
-        }
-        throw Failure(message: "\(endpoint): cannot connect (\(why))")
-    }
-
-    // MARK: HTTP
-
-    /// POSTs a body and returns the status code.
-    func post(_ url: HTTPURL, body: [UInt8], headers: [(String, String)], timeout: Double) throws(Failure) -> Int {
-        let c = try Self.connect(host: url.host, port: url.port, timeout: timeout)
-        let hostHeader = url.host.contains(":") ? "[\(url.host)]:\(url.port)" : (url.port == 80 ? url.host : "\(url.host):\(url.port)")
-        var head = "POST \(url.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nUser-Agent: jitd/\(JITVersion.string)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n"
-        for (k, v) in headers { head += "\(k): \(v)\r\n" }
-        head += "\r\n"
-        try c.send(Array(head.utf8) + body)
-        let status = try c.line()
-        let parts = status.split(separator: " ")
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let code = Int(parts[1]) else {
-            throw Failure(message: "\(c.endpoint): the answer is not HTTP")
-        }
-        return code
-    }
-
-    // MARK: SMTP
-
-    /// One SMTP reply (multi-line replies joined); returns the code and the text.
-    static func reply(_ c: Conn) throws(Failure) -> (Int, String) {
-        var text = ""
-        while true {
-            let l = try c.line()
-            guard l.utf8.count >= 3, let code = Int(l.prefix(3)) else { throw Failure(message: "\(c.endpoint): the answer is not SMTP") }
-            text += (text.isEmpty ? "" : " ") + NotifyRender.line(String(l.dropFirst(4))).prefix(200)
-            if l.utf8.count == 3 || l[l.index(l.startIndex, offsetBy: 3)] == " " { return (code, text) }
-        }
-    }
-
-    static func expect(_ c: Conn, _ what: String, _ ok: ClosedRange<Int>) throws(Failure) -> String {
-        let (code, text) = try reply(c)
-        guard ok.contains(code) else { throw Failure(message: "\(c.endpoint): \(what) answered \(code) \(text)") }
-        return text
-    }
-
-    /// The DATA section: CRLF line ends, a leading '.' doubled (dot-stuffing), ended by `CRLF.CRLF`.
-    /// Works on bytes: in a Swift String "\r\n" is one Character.
-    static func dataSection(_ payload: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var lines = Array(payload.utf8).split(separator: 10, omittingEmptySubsequences: false).map { l -> ArraySlice<UInt8> in
-            l.last == 13 ? l.dropLast() : l
-        }
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        for l in lines {
-            if l.first == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            out += l
-            out += [13, 10]
-        }
-        out += Array(".\r\n".utf8)
-        return out
-    }
-
-    func smtp(_ ch: NotifyChannel, _ m: Store.OutboxRow, timeout: Double) throws(Failure) {
-        guard !m.recipients.isEmpty else { throw Failure(message: "no recipients") }
-        let c = try Self.connect(host: ch.smtpHost, port: ch.smtpPort, timeout: timeout)
-        _ = try Self.expect(c, "the greeting", 220...220)
-        try c.send(Array("EHLO \(hostname)\r\n".utf8))
-        let ehlo = try Self.expect(c, "EHLO", 250...250)
-        if let user = ch.username, let pass = ch.password {
-            let token = Data(([0] + Array(user.utf8) + [0] + Array(pass.utf8))).base64EncodedString()
-            try c.send(Array("AUTH PLAIN \(token)\r\n".utf8))
-            _ = try Self.expect(c, "AUTH", 235...235)
-        }
-        let eight = ehlo.uppercased().contains("8BITMIME") ? " BODY=8BITMIME" : ""
-        try c.send(Array("MAIL FROM:<\(ch.from)>\(eight)\r\n".utf8))
-        _ = try Self.expect(c, "MAIL FROM", 250...250)
-        for r in m.recipients {
-            guard Email.isAddress(r) else { throw Failure(message: "refused a recipient that is not a plain address") }
-            try c.send(Array("RCPT TO:<\(r)>\r\n".utf8))
-            _ = try Self.expect(c, "RCPT TO", 250...251)
-        }
-        try c.send(Array("DATA\r\n".utf8))
-        _ = try Self.expect(c, "DATA", 354...354)
-        try c.send(Self.dataSection(m.payload))
-        _ = try Self.expect(c, "the message", 250...250)
-        try? c.send(Array("QUIT\r\n".utf8))
+        if let e = error as? NIOConnectionError { return "cannot connect (\(e.connectionErrors.first.map { "\($0.error)" } ?? "no address"))" }
+        if let e = error as? ChannelError, case .connectTimeout = e { return "timed out connecting" }
+        if let e = error as? IOError { return "I/O failed: \(e.description)" }
+        return "\(error)"
     }
 }

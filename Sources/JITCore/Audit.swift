@@ -1,3 +1,4 @@
+import Crypto
 public import Foundation
 
 /// One event of the audit trail. Each carries a SHA-256 over its content and the previous event's hash,

@@ -35,37 +35,48 @@ public enum NotifyEvent: String, Sendable, Equatable, CaseIterable {
     public static var allAuditKinds: [String] { allCases.flatMap(\.auditKinds) }
 }
 
-/// An `http://host[:port]/path` URL, parsed once. Only the host and port ever appear in logs: a
-/// Slack-style hook keeps its secret in the path.
+/// An `https://` (or `http://`) `host[:port]/path` URL, parsed once. Only the host and port ever appear in
+/// logs: a Slack-style hook keeps its secret in the path.
 public struct HTTPURL: Equatable, Sendable {
     public var host: String
     public var port: UInt16
     public var path: String
+    /// https: TLS, the server's certificate verified.
+    public var tls: Bool
     /// `host:port`, safe to log.
     public var endpoint: String { "\(host):\(port)" }
+    /// The whole URL again (it may hold a secret in its path: never log it).
+    public var string: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return "\(tls ? "https" : "http")://\(h):\(port)\(path)"
+    }
+    /// The host is this machine (127.0.0.0/8, ::1 or localhost): plain http:// never leaves it.
+    public var isLoopback: Bool { Loopback.isHost(host) }
 
-    public init(host: String, port: UInt16, path: String) {
+    public init(host: String, port: UInt16, path: String, tls: Bool = false) {
         self.host = host
         self.port = port
         self.path = path
+        self.tls = tls
     }
 
     /// nil with a reason when the text is not a usable URL.
     public static func parse(_ s: String) -> Result<HTTPURL, ConfigProblem> {
-        if s.lowercased().hasPrefix("https://") {
-            return .failure(ConfigProblem("https:// is not supported: jitd has no TLS library built in; post to a local relay over http:// (e.g. http://127.0.0.1:8080/...) that forwards over HTTPS"))
-        }
-        guard s.lowercased().hasPrefix("http://") else { return .failure(ConfigProblem("must be an http:// URL")) }
-        let rest = s.dropFirst(7)
+        let lower = s.lowercased()
+        let tls = lower.hasPrefix("https://")
+        guard tls || lower.hasPrefix("http://") else { return .failure(ConfigProblem("must be an https:// URL (or http:// to this host)")) }
+        let rest = s.dropFirst(tls ? 8 : 7)
         guard !rest.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7f } ?? false }) else {
             return .failure(ConfigProblem("must not contain spaces or control characters"))
         }
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
         let authority = rest[..<slash]
-        let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        var path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        if !path.hasPrefix("/") { path = "/" + path }
+        guard !path.contains("#") else { return .failure(ConfigProblem("must not contain a #fragment")) }
         guard !authority.isEmpty, !authority.contains("@") else { return .failure(ConfigProblem("must name a host (user:password@ is not supported)")) }
         var host = String(authority)
-        var port: UInt16 = 80
+        var port: UInt16 = tls ? 443 : 80
         if host.hasPrefix("[") {
             guard let close = host.firstIndex(of: "]") else { return .failure(ConfigProblem("has an unclosed '[' in its host")) }
             let after = host[host.index(after: close)...]
@@ -79,8 +90,20 @@ public struct HTTPURL: Equatable, Sendable {
             port = p
             host = String(host[..<colon])
         }
-        guard !host.isEmpty else { return .failure(ConfigProblem("must name a host")) }
-        return .success(HTTPURL(host: host, port: port, path: path))
+        guard !host.isEmpty, host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:_".contains($0)) }) else {
+            return .failure(ConfigProblem("must name a host"))
+        }
+        return .success(HTTPURL(host: host, port: port, path: path, tls: tls))
+    }
+}
+
+/// Whether a host name or address is this machine.
+public enum Loopback {
+    public static func isHost(_ h: String) -> Bool {
+        let l = h.lowercased()
+        if l == "localhost" || l == "::1" || l == "0:0:0:0:0:0:0:1" { return true }
+        let parts = l.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
 }
 
@@ -99,7 +122,22 @@ public struct NotifyChannel: Equatable, Sendable {
     public var url: HTTPURL? = nil
     /// webhook: the HMAC key (from `secret_file`), signing `X-JIT-Signature`.
     public var secret: [UInt8]? = nil
+    /// webhook: the Standard Webhooks key (`webhook-signature`): the decoded bytes of a `whsec_<base64>`
+    /// secret, else the same bytes as `secret` (the receiver's secret is then `whsec_` + base64 of them).
+    public var webhookKey: [UInt8]? = nil
+    /// webhook and slack: http:// to a host other than this one (clear text over the network).
+    public var allowPlainHTTP = false
+    /// The CA certificates (PEM) the server's certificate must chain to, instead of the system bundle.
+    public var caFile: String? = nil
     // email
+    public enum MailTransport: String, Sendable, Equatable { case sendmail, smtp }
+    /// How mail leaves: the system MTA's `sendmail -t -i` (Debian Policy 11.6), or SMTP to `smtp_host`.
+    public var transport: MailTransport = .sendmail
+    /// The sendmail-compatible program (`transport: sendmail`).
+    public var sendmail = "/usr/sbin/sendmail"
+    /// TLS on an SMTP connection: STARTTLS required, implicit (SMTPS, port 465), or none (a relay on this host).
+    public enum SMTPSecurity: String, Sendable, Equatable { case starttls, implicit, none }
+    public var smtpSecurity: SMTPSecurity = .starttls
     public var smtpHost = ""
     public var smtpPort: UInt16 = 25
     public var from = ""
@@ -173,9 +211,11 @@ extension Config {
         let m = try r.mapping(node, path: path)
         let keys: [String]
         switch kind {
-        case .webhook: keys = ["name", "url", "url_file", "secret_file", "events"]
-        case .slack: keys = ["name", "url", "url_file", "events"]
-        case .email: keys = ["name", "smtp_host", "smtp_port", "from", "to", "to_groups", "domain", "starttls", "username", "password_file", "events"]
+        case .webhook: keys = ["name", "url", "url_file", "secret_file", "events", "ca_file", "allow_plain_http"]
+        case .slack: keys = ["name", "url", "url_file", "events", "ca_file", "allow_plain_http"]
+        case .email:
+            keys = ["name", "transport", "sendmail", "smtp_host", "smtp_port", "from", "to", "to_groups", "domain", "starttls", "implicit_tls", "ca_file",
+                    "username", "password_file", "events"]
         }
         try r.onlyKeys(m, keys, path: path)
         guard let nameNode = m["name"]?.1 else { throw r.error(node, "\(path).name", "is required: give the channel a name") }
@@ -203,25 +243,52 @@ extension Config {
             case (nil, nil): throw r.error(node, "\(p).url", "is required (or url_file: a root-only file holding the URL)")
             default: throw r.error(node, "\(p).url", "give url or url_file, not both")
             }
+            let urlField = m["url"] != nil ? "\(p).url" : "\(p).url_file"
             switch HTTPURL.parse(text) {
             case .success(let u): c.url = u
-            case .failure(let e): throw r.error(at, m["url"] != nil ? "\(p).url" : "\(p).url_file", e.message)
+            case .failure(let e): throw r.error(at, urlField, e.message)
+            }
+            if let a = m["allow_plain_http"]?.1 { c.allowPlainHTTP = try r.bool(a, path: "\(p).allow_plain_http") }
+            if let u = c.url, !u.tls, !u.isLoopback, !c.allowPlainHTTP {
+                throw r.error(at, urlField, "http:// crosses the network in clear text: use https://, or http:// to this host (127.0.0.1, ::1, localhost), or write 'allow_plain_http: true'")
+            }
+            if let f = m["ca_file"]?.1 {
+                guard c.url?.tls == true else { throw r.error(f, "\(p).ca_file", "applies to an https:// URL only") }
+                c.caFile = try caFile(f, path: "\(p).ca_file", r: r)
             }
             if let s = m["secret_file"]?.1 {
                 let key = try secretFile(s, path: "\(p).secret_file", r: r).trimmingCharacters(in: .whitespacesAndNewlines)
                 guard key.utf8.count >= 16 else { throw r.error(s, "\(p).secret_file", "the secret is shorter than 16 bytes; use a long random one") }
                 c.secret = Array(key.utf8)
+                if key.hasPrefix("whsec_") {
+                    guard let d = Data(base64Encoded: String(key.dropFirst(6))), d.count >= 16 else {
+                        throw r.error(s, "\(p).secret_file", "a whsec_ secret must be whsec_ and the base64 of at least 16 random bytes")
+                    }
+                    c.webhookKey = Array(d)
+                } else {
+                    c.webhookKey = c.secret
+                }
             }
         case .email:
-            guard let h = m["smtp_host"]?.1 else { throw r.error(node, "\(p).smtp_host", "is required") }
-            c.smtpHost = try r.string(h, path: "\(p).smtp_host")
-            guard !c.smtpHost.isEmpty, c.smtpHost.allSatisfy({ $0.isLetter || $0.isNumber || ".-:".contains($0) }) else {
-                throw r.error(h, "\(p).smtp_host", "must be a host name or address")
+            if let t = m["transport"]?.1 {
+                let v = try r.string(t, path: "\(p).transport")
+                guard let tr = NotifyChannel.MailTransport(rawValue: v) else {
+                    throw r.error(t, "\(p).transport", "must be 'sendmail' (the system's MTA) or 'smtp' (with smtp_host)")
+                }
+                c.transport = tr
+            } else {
+                // Configs written before `transport` name an smtp_host; new ones hand mail to the MTA.
+                c.transport = m["smtp_host"] != nil ? .smtp : .sendmail
             }
-            if let pn = m["smtp_port"]?.1 {
-                let v = try r.int(pn, path: "\(p).smtp_port")
-                guard (1...65535).contains(v) else { throw r.error(pn, "\(p).smtp_port", "must be between 1 and 65535") }
-                c.smtpPort = UInt16(v)
+            switch c.transport {
+            case .sendmail:
+                for k in ["smtp_host", "smtp_port", "starttls", "implicit_tls", "ca_file", "username", "password_file"] {
+                    if let n = m[k]?.1 { throw r.error(n, "\(p).\(k)", "applies to 'transport: smtp' only; with sendmail the MTA's own config decides") }
+                }
+                if let sm = m["sendmail"]?.1 { c.sendmail = try r.absolutePath(sm, path: "\(p).sendmail") }
+            case .smtp:
+                if let sm = m["sendmail"]?.1 { throw r.error(sm, "\(p).sendmail", "applies to 'transport: sendmail' only") }
+                try parseSMTP(m, node: node, p: p, into: &c, r: r)
             }
             guard let f = m["from"]?.1 else { throw r.error(node, "\(p).from", "is required (the sender address)") }
             c.from = try address(f, path: "\(p).from", r: r)
@@ -239,26 +306,72 @@ extension Config {
                 throw r.error(m["to_groups"]!.1, "\(p).to_groups", "needs 'domain:' (addresses are user@domain)")
             }
             if c.to.isEmpty && !c.toGroups { throw r.error(node, "\(p).to", "give 'to: [addresses]' or 'to_groups: true'") }
-            if let s = m["starttls"]?.1 {
-                switch try r.string(s, path: "\(p).starttls") {
-                case "never": break
-                case "auto", "always":
-                    throw r.error(s, "\(p).starttls", "STARTTLS is not supported: jitd has no TLS library built in; use 'starttls: never' with a relay on this host (e.g. postfix on 127.0.0.1) that does TLS onwards")
-                default: throw r.error(s, "\(p).starttls", "must be 'never' (or 'auto', which this build does not support)")
-                }
-            }
-            if let u = m["username"]?.1 {
-                c.username = try r.string(u, path: "\(p).username")
-                guard let pf = m["password_file"]?.1 else { throw r.error(u, "\(p).password_file", "is required with username") }
-                c.password = try secretFile(pf, path: "\(p).password_file", r: r).trimmingCharacters(in: .newlines)
-                guard ["127.0.0.1", "::1", "localhost"].contains(c.smtpHost) else {
-                    throw r.error(u, "\(p).username", "a password is only sent to a relay on this host (smtp_host: 127.0.0.1): without TLS it would cross the network in clear text")
-                }
-            } else if let pf = m["password_file"]?.1 {
-                throw r.error(pf, "\(p).username", "is required with password_file")
-            }
         }
         return c
+    }
+
+    /// `transport: smtp`: where, and how the connection is protected.
+    static func parseSMTP(_ m: [String: (Node, Node)], node: Node, p: String, into c: inout NotifyChannel, r: YAMLReader) throws(ConfigError) {
+        guard let h = m["smtp_host"]?.1 else { throw r.error(node, "\(p).smtp_host", "is required with 'transport: smtp'") }
+        c.smtpHost = try r.string(h, path: "\(p).smtp_host")
+        guard !c.smtpHost.isEmpty, c.smtpHost.allSatisfy({ $0.isLetter || $0.isNumber || ".-:".contains($0) }) else {
+            throw r.error(h, "\(p).smtp_host", "must be a host name or address")
+        }
+        if let pn = m["smtp_port"]?.1 {
+            let v = try r.int(pn, path: "\(p).smtp_port")
+            guard (1...65535).contains(v) else { throw r.error(pn, "\(p).smtp_port", "must be between 1 and 65535") }
+            c.smtpPort = UInt16(v)
+        }
+        let local = Loopback.isHost(c.smtpHost)
+        var implicit = c.smtpPort == 465
+        if let i = m["implicit_tls"]?.1 { implicit = try r.bool(i, path: "\(p).implicit_tls") }
+        if let s = m["starttls"]?.1 {
+            let v = try r.string(s, path: "\(p).starttls")
+            guard !implicit else {
+                throw r.error(s, "\(p).starttls", "implicit TLS (SMTPS, port 465 or implicit_tls: true) starts TLS at the first byte, no STARTTLS; leave starttls out")
+            }
+            switch v {
+            case "required": c.smtpSecurity = .starttls
+            case "never":
+                guard local else {
+                    throw r.error(s, "\(p).starttls", "'never' sends mail in clear text over the network: only to a relay on this host (smtp_host: 127.0.0.1); use 'required'")
+                }
+                c.smtpSecurity = .none
+            default: throw r.error(s, "\(p).starttls", "must be 'required' (TLS, the server's certificate verified) or 'never' (a relay on this host)")
+            }
+        } else {
+            c.smtpSecurity = implicit ? .implicit : (local ? .none : .starttls)
+        }
+        if let f = m["ca_file"]?.1 {
+            guard c.smtpSecurity != .none else { throw r.error(f, "\(p).ca_file", "applies only with TLS (starttls: required, or implicit_tls)") }
+            c.caFile = try caFile(f, path: "\(p).ca_file", r: r)
+        }
+        if let u = m["username"]?.1 {
+            c.username = try r.string(u, path: "\(p).username")
+            guard let pf = m["password_file"]?.1 else { throw r.error(u, "\(p).password_file", "is required with username") }
+            c.password = try secretFile(pf, path: "\(p).password_file", r: r).trimmingCharacters(in: .newlines)
+            guard c.smtpSecurity != .none || local else {
+                throw r.error(u, "\(p).username", "a password is sent only over TLS or to a relay on this host")
+            }
+        } else if let pf = m["password_file"]?.1 {
+            throw r.error(pf, "\(p).username", "is required with password_file")
+        }
+    }
+
+    /// A PEM file of CA certificates (public, so not root-only; it must not be writable by others).
+    static func caFile(_ node: Node, path: String, r: YAMLReader) throws(ConfigError) -> String {
+        let file = try r.absolutePath(node, path: path)
+        var st = stat()
+        guard stat(file, &st) == 0 else { throw r.error(node, path, "cannot read \(file): \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw r.error(node, path, "\(file) is not a regular file") }
+        guard st.st_mode & 0o022 == 0 else {
+            throw r.error(node, path, "\(file) is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): whoever can write it chooses whom jitd trusts; chmod 644 it")
+        }
+        guard let d = FileManager.default.contents(atPath: file), let text = String(data: d, encoding: .utf8),
+              text.contains("-----BEGIN CERTIFICATE-----") else {
+            throw r.error(node, path, "\(file) holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        }
+        return file
     }
 
     static func address(_ node: Node, path: String, r: YAMLReader) throws(ConfigError) -> String {

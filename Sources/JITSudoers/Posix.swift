@@ -7,7 +7,7 @@ import Darwin
 #endif
 
 /// Thin wrappers over the system calls the sudoers code needs, so that the logic reads as decisions.
-enum Posix {
+public enum Posix {
     static let fileTypeMask: mode_t = 0o170000
     static let regularFile: mode_t = 0o100000
     static let directory: mode_t = 0o040000
@@ -76,18 +76,27 @@ enum Posix {
         return names
     }
 
-    /// Runs `executable` with `arguments` (no shell, a fixed minimal environment, stdin from /dev/null) and
-    /// returns its exit status and combined output. A child still running after `timeout` seconds is killed.
-    /// A status of -1 means it could not be started, was killed or died on a signal; the output says which.
-    static func run(
-        _ executable: String, _ arguments: [String], timeout: Int = 30
+    /// Runs `executable` with `arguments` (no shell, a fixed minimal environment) with `input` on its stdin
+    /// (empty: /dev/null) and returns its exit status and combined output (at most 64 KiB kept). A child still
+    /// running after `timeout` seconds is killed (SIGKILL). A status of -1 means it could not be started, was
+    /// killed or died on a signal; the output says which. visudo and sendmail are run this way.
+    public static func run(
+        _ executable: String, _ arguments: [String], input: [UInt8] = [], timeout: Int = 30
     ) -> (status: Int32, output: String) {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { return (-1, "cannot create a pipe: \(describeErrno(errno))") }
-        let (readFD, writeFD) = (fds[0], fds[1])
-        _ = fcntl(readFD, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(writeFD, F_SETFD, FD_CLOEXEC)
+        var outFDs: [Int32] = [-1, -1]
+        var inFDs: [Int32] = [-1, -1]
+        guard pipe(&outFDs) == 0 else { return (-1, "cannot create a pipe: \(describeErrno(errno))") }
+        let (readFD, writeFD) = (outFDs[0], outFDs[1])
         defer { close(readFD) }
+        if !input.isEmpty {
+            guard pipe(&inFDs) == 0 else {
+                close(writeFD)
+                return (-1, "cannot create a pipe: \(describeErrno(errno))")
+            }
+        }
+        for fd in outFDs + inFDs where fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Our end of stdin: non-blocking, so a child that stops reading cannot hold us past the deadline.
+        if inFDs[1] >= 0 { _ = fcntl(inFDs[1], F_SETFL, fcntl(inFDs[1], F_GETFL) | O_NONBLOCK) }
 
         #if os(Linux)
         var actions = posix_spawn_file_actions_t()
@@ -96,7 +105,11 @@ enum Posix {
         #endif
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if inFDs[0] >= 0 {
+            posix_spawn_file_actions_adddup2(&actions, inFDs[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_adddup2(&actions, writeFD, 1)
         posix_spawn_file_actions_adddup2(&actions, writeFD, 2)
 
@@ -110,35 +123,63 @@ enum Posix {
         var pid: pid_t = 0
         let spawned = posix_spawn(&pid, executable, &actions, nil, argv + [nil], envp + [nil])
         close(writeFD)
+        if inFDs[0] >= 0 { close(inFDs[0]) }
+        var stdinFD = inFDs[1]
+        defer { if stdinFD >= 0 { close(stdinFD) } }
         guard spawned == 0 else { return (-1, "cannot start \(executable): \(describeErrno(spawned))") }
+
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        deadline.tv_sec += timeout
+        func remainingMilliseconds() -> Int32 {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return Int32(max(0, (deadline.tv_sec - now.tv_sec) * 1000 + (deadline.tv_nsec - now.tv_nsec) / 1_000_000))
+        }
 
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
-        var remainingMilliseconds = Int32(timeout * 1000)
+        var written = 0
         var timedOut = false
-        while true {
-            var pfd = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
-            var started = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &started)
-            let ready = poll(&pfd, 1, remainingMilliseconds)
+        var outputOpen = true
+        while outputOpen || stdinFD >= 0 {
+            var pfds = [pollfd(fd: outputOpen ? readFD : -1, events: Int16(POLLIN), revents: 0),
+                        pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0)]
+            let ready = poll(&pfds, 2, remainingMilliseconds())
             if ready < 0 && errno == EINTR { continue }
             if ready <= 0 {
                 timedOut = true
                 break
             }
-            let count = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress!, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            if output.count < 65_536 { output += buffer[0..<count] }
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            let elapsed = Int32((now.tv_sec - started.tv_sec) * 1000 + (now.tv_nsec - started.tv_nsec) / 1_000_000)
-            remainingMilliseconds = max(0, remainingMilliseconds - elapsed)
+            if pfds[1].revents != 0 {
+                let count = input.withUnsafeBytes { write(stdinFD, $0.baseAddress! + written, $0.count - written) }
+                if count > 0 { written += count }
+                if (count < 0 && errno != EINTR && errno != EAGAIN) || written == input.count {
+                    close(stdinFD)  // done, or the child closed its stdin (EPIPE): its status says why
+                    stdinFD = -1
+                }
+            }
+            if pfds[0].revents != 0 {
+                let count = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress!, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 {
+                    outputOpen = false
+                } else if output.count < 65_536 {
+                    output += buffer[0..<count]
+                }
+            }
         }
-        if timedOut { kill(pid, SIGKILL) }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { return (-1, "cannot wait for \(executable): \(describeErrno(errno))") }
+        // The output closed: the child is ending (or hands its work to a daemon); wait, still bounded.
+        while !timedOut {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { break }
+            if done < 0 && errno != EINTR { return (-1, "cannot wait for \(executable): \(describeErrno(errno))") }
+            if remainingMilliseconds() == 0 { timedOut = true } else { usleep(2_000) }
+        }
+        if timedOut {
+            kill(pid, SIGKILL)
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         }
         let text = String(decoding: output, as: UTF8.self)
         if timedOut { return (-1, text + "(killed after \(timeout) s)") }

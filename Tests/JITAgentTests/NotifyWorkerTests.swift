@@ -186,8 +186,19 @@ final class FakeTransport: NotifyTransport {
     }
 
     @Test func smtpDataIsDotStuffedWithCRLFLines() {
-        let d = SocketTransport.dataSection("Subject: x\r\n\r\n.hidden\r\nline\r\n..two\r\n")
+        let d = SMTPSession.dataSection("Subject: x\r\n\r\n.hidden\r\nline\r\n..two\r\n")
         #expect(String(decoding: d, as: UTF8.self) == "Subject: x\r\n\r\n..hidden\r\nline\r\n...two\r\n.\r\n")
+    }
+
+    /// The Standard Webhooks reference vector (the standardwebhooks libraries' own test): the same secret,
+    /// id, timestamp and body give the same `webhook-signature`.
+    @Test func standardWebhooksSignatureMatchesTheReferenceVector() throws {
+        let key = try #require(Data(base64Encoded: "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+        let h = LiveTransport.standardWebhooks(id: "msg_p5jXN8AQM9LWM0D4loKWxJek", at: Date(timeIntervalSince1970: 1_614_265_330),
+                                               body: Array(#"{"test": 2432232314}"#.utf8), key: Array(key))
+        #expect(h.map(\.0) == ["webhook-id", "webhook-timestamp", "webhook-signature"])
+        #expect(h[1].1 == "1614265330")
+        #expect(h[2].1 == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
     }
 
     @Test func backoffSchedule() {

@@ -130,6 +130,9 @@ import Testing
         #expect(hook.events == [.request, .breakGlass])
         #expect(c.notify.channel(named: "chat")?.url == HTTPURL(host: "::1", port: 9000, path: "/services/x"))
         #expect(c.notify.channel(named: "mail")?.smtpPort == 2525)
+        #expect(c.notify.channel(named: "mail")?.transport == .smtp && c.notify.channel(named: "mail")?.smtpSecurity == NotifyChannel.SMTPSecurity.none)
+        // The same key signs the Standard Webhooks headers.
+        #expect(hook.webhookKey == hook.secret)
 
         // A secret file others can read is refused, naming the file and the line.
         chmod(secret, 0o640)
@@ -141,11 +144,18 @@ import Testing
     @Test(arguments: [
         ("notify:\n  webhooks:\n    - name: a\n      url: http://x/\n      colour: red\n", 6, "notify.webhooks.colour: is not a known setting"),
         ("notify:\n  max_backof: 2s\n", 3, "did you mean 'max_backoff'?"),
-        ("notify:\n  webhooks:\n    - name: a\n      url: https://hooks.example.org/x\n", 5, "https:// is not supported"),
+        ("notify:\n  webhooks:\n    - name: a\n      url: http://hooks.example.org/x\n", 5, "http:// crosses the network in clear text"),
+        ("notify:\n  webhooks:\n    - {name: a, url: 'http://127.0.0.1/x', ca_file: /etc/ssl/certs/ca-certificates.crt}\n", 4, "applies to an https:// URL only"),
+        ("notify:\n  slack:\n    - {name: a, url: 'https://x/', ca_file: /nonexistent/ca.pem}\n", 4, "cannot read /nonexistent/ca.pem"),
+        ("notify:\n  email:\n    - {name: m, transport: sendmail, smtp_host: h, from: a@b.org, to: [c@d.org]}\n", 4, "applies to 'transport: smtp' only"),
+        ("notify:\n  email:\n    - {name: m, transport: pigeon, from: a@b.org, to: [c@d.org]}\n", 4, "must be 'sendmail'"),
+        ("notify:\n  email:\n    - {name: m, sendmail: usr/sbin/sendmail, from: a@b.org, to: [c@d.org]}\n", 4, "sendmail: must be an absolute path"),
+        ("notify:\n  email:\n    - {name: m, smtp_host: mail.example.org, from: a@b.org, to: [c@d.org], starttls: never}\n", 4, "only to a relay on this host"),
+        ("notify:\n  email:\n    - {name: m, smtp_host: mail.example.org, smtp_port: 465, from: a@b.org, to: [c@d.org], starttls: required}\n", 4, "implicit TLS (SMTPS, port 465"),
         ("notify:\n  slack:\n    - name: a\n      url: http://x:99999/\n", 5, "has a bad port"),
-        ("notify:\n  slack:\n    - name: a\n      url: http://x/\n    - name: a\n      url: http://y/\n", 6, "already the name of another channel"),
+        ("notify:\n  slack:\n    - name: a\n      url: https://x/\n    - name: a\n      url: https://y/\n", 6, "already the name of another channel"),
         ("notify:\n  email:\n    - name: m\n      smtp_host: 127.0.0.1\n      from: a@b.org\n", 4, "give 'to: [addresses]' or 'to_groups: true'"),
-        ("notify:\n  email:\n    - {name: m, smtp_host: mail.example.org, from: a@b.org, to: [c@d.org], starttls: auto}\n", 4, "STARTTLS is not supported"),
+        ("notify:\n  email:\n    - {name: m, smtp_host: mail.example.org, from: a@b.org, to: [c@d.org], starttls: auto}\n", 4, "must be 'required'"),
         ("notify:\n  email:\n    - {name: m, smtp_host: h, from: a@b.org, to_groups: true}\n", 4, "needs 'domain:'"),
         ("notify:\n  webhooks:\n    - {name: a, url: 'http://x/', events: [everything]}\n", 4, "'everything' is not an event"),
     ])
@@ -160,5 +170,42 @@ import Testing
         for bad in ["http://", "http://user:pw@x/", "http://x y/", "gopher://x/"] {
             if case .success = HTTPURL.parse(bad) { Issue.record("accepted \(bad)") }
         }
+    }
+
+    @Test func httpsURLsAndTheirDefaults() {
+        #expect((try? HTTPURL.parse("https://hooks.slack.com/services/T/B/X").get()) == HTTPURL(host: "hooks.slack.com", port: 443, path: "/services/T/B/X", tls: true))
+        #expect((try? HTTPURL.parse("https://[::1]:8443?x=1").get())?.string == "https://[::1]:8443/?x=1")
+        #expect(HTTPURL(host: "127.0.0.9", port: 80, path: "/").isLoopback && HTTPURL(host: "::1", port: 80, path: "/").isLoopback)
+        #expect(!HTTPURL(host: "127.0.0.1.example.org", port: 80, path: "/").isLoopback && !HTTPURL(host: "10.0.0.1", port: 80, path: "/").isLoopback)
+    }
+
+    @Test func mailTransportsAndTLSDefaults() throws {
+        func mail(_ yaml: String) throws -> NotifyChannel {
+            let c = try Config.parse("environment: prod\nnotify:\n  email:\n    - {name: m, from: a@b.org, to: [c@d.org]\(yaml)}\n", file: "t.yaml")
+            return try #require(c.notify.channel(named: "m"))
+        }
+        // New configs hand mail to the system's MTA.
+        let plain = try mail("")
+        #expect(plain.transport == .sendmail && plain.sendmail == "/usr/sbin/sendmail")
+        #expect(try mail(", sendmail: /usr/local/bin/sendmail").sendmail == "/usr/local/bin/sendmail")
+        // SMTP to another host requires TLS; port 465 is implicit TLS; a relay on this host may be plain.
+        #expect(try mail(", smtp_host: mail.example.org, smtp_port: 587").smtpSecurity == .starttls)
+        #expect(try mail(", smtp_host: mail.example.org, smtp_port: 465").smtpSecurity == .implicit)
+        #expect(try mail(", smtp_host: 127.0.0.1").smtpSecurity == NotifyChannel.SMTPSecurity.none)
+        #expect(try mail(", smtp_host: localhost, starttls: required").smtpSecurity == .starttls)
+    }
+
+    @Test func aWhsecSecretIsDecodedForStandardWebhooks() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("jit-whsec-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let key = [UInt8](repeating: 7, count: 24)
+        let secret = dir + "/secret"
+        _ = FileManager.default.createFile(atPath: secret, contents: Data(("whsec_" + Data(key).base64EncodedString() + "\n").utf8),
+                                           attributes: [.posixPermissions: 0o600])
+        let c = try Config.parse("environment: prod\nnotify:\n  webhooks:\n    - {name: h, url: 'https://x/', secret_file: \(secret)}\n", file: "t.yaml")
+        let h = try #require(c.notify.channel(named: "h"))
+        #expect(h.webhookKey == key)
+        #expect(h.secret == Array(("whsec_" + Data(key).base64EncodedString()).utf8))
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import Testing
 @testable import JITCore
 
@@ -20,5 +21,16 @@ import Testing
             64: "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb",
         ]
         for (n, d) in expected { #expect(SHA256.hex(Array(repeating: UInt8(ascii: "a"), count: n)) == d, "\(n)") }
+    }
+
+    /// The audit chain's hash of fixed events, computed independently (Python's hashlib over the same
+    /// length-prefixed serialisation): databases written before swift-crypto must still verify.
+    @Test func auditChainKnownHashes() {
+        let first = AuditChain.hash(id: 1, at: 1_800_000_000, kind: "request.filed", actor: "alice", user: "alice", requestID: 12, grantID: nil,
+                                    data: "reason=OPS-1 disk full", prevHash: AuditChain.genesis)
+        #expect(first == "2f4115fce169bd3ca8694bb22e9612bf5df54ce840e51d0282fbee80077b42b1")
+        let second = AuditChain.hash(id: 2, at: 1_800_000_001, kind: "request.approved", actor: "bob", user: "alice", requestID: 12, grantID: 3,
+                                     data: "comment=go \u{e9}", prevHash: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
+        #expect(second == "4d0db29db153c46dac42c516c1ec43289409376a9d7744b2d6884e6e4ea5c43a")
     }
 }
