@@ -40,7 +40,7 @@ let package = Package(
         // The logic: model, life cycle, durations, config, policy, wire protocol. No I/O of its own.
         .target(
             name: "JITCore",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: [.product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The one place that writes sudoers: rendering, injection checks, visudo, atomic install, reconcile.
@@ -64,6 +64,8 @@ let package = Package(
             name: "JITCLI",
             dependencies: [
                 "JITCore",
+                // `audit verify --verify-key` reads the trail itself: the key never goes to jitd.
+                "JITAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
