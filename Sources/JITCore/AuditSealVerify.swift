@@ -68,7 +68,7 @@ public struct SealedWalk: Sendable {
         }
         let headID = chain.lastID, headHash = chain.lastHash
         if !chain.step(e) {
-            let where_ = setupSeen && replacedAt == nil ? ", in epoch \(expect) (sealed by the seal of epoch \(expect))" : ""
+            let where_ = setupSeen && replacedAt == nil ? ", in epoch \(expect) (\(span(expect)))" : ""
             return fail((chain.problem ?? "the chain breaks at event \(e.id)") + where_, id: chain.badID, epoch: setupSeen ? expect : nil)
         }
         guard replacedAt == nil else { return true }
