@@ -70,6 +70,8 @@ let package = Package(
             name: "JITCLI",
             dependencies: [
                 "JITCore",
+                // `audit verify --verify-key` reads the trail itself: the key never goes to jitd.
+                "JITAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

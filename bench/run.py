@@ -132,7 +132,92 @@ def fill(db, n):
     _ = head
 
 
+def seal_fill(db, n, interval=1):
+    """Replaces the trail with a sealing setup and n events, sealed the way jitd seals (one closing seal per
+    epoch, about 1000 events each), with a verification key made here. Returns (key, time after the last event)."""
+    import hmac
+    seed, start = os.urandom(32), int(time.time()) - 86_400
+    mac = lambda k, m: hmac.new(k, m, hashlib.sha256).digest()
+    setup = hashlib.sha256(b"jit-seal-id-v1" + seed).hexdigest()[:16]
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM audit")
+    con.execute("DELETE FROM audit_anchor")
+
+    def events():
+        prev, k, epoch, since, i = "0" * 64, mac(seed, b"jit-seal-k0-v1"), 0, 0, 0
+        def ev(at, kind, data):
+            nonlocal prev, i
+            i += 1
+            h = audit_hash(i, at, kind, "jitd", "", None, None, data, prev)
+            row = (i, at, kind, "jitd", "", None, None, data, prev, h)
+            prev = h
+            return row
+        yield ev(start * 1000, "audit.seal_setup", kv([("setup", setup), ("start", "x"), ("interval", f"{interval}s")]))
+        for j in range(n):
+            at = start * 1000 + j
+            nxt = (at - start * 1000) // (interval * 1000)
+            if nxt > epoch:
+                f = [setup, str(epoch), str(nxt), "interval", str(i), prev, str(since), str(at)]
+                msg = b"jit-seal-v1" + b"".join(str(len(x.encode())).encode() + b":" + x.encode() for x in f)
+                tag = hmac.new(mac(k, b"jit-seal-mac-v1"), msg, hashlib.sha256).hexdigest()
+                yield ev(at, "audit.seal", kv([("setup", setup), ("epoch", str(epoch)), ("next", str(nxt)), ("why", "interval"), ("head_id", str(i)),
+                                               ("head", prev), ("count", str(since)), ("tag", tag)]))
+                for _ in range(nxt - epoch):
+                    k = mac(k, b"jit-seal-evolve-v1")
+                epoch, since = nxt, 0
+            yield ev(at, "check.sudo", kv([("service", "sudo"), ("decision", "allow"), ("rhost", "10.0.0.1")]))
+            since += 1
+
+    con.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", events())
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return f"{seed.hex()}/{start}-{interval}", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + n / 1000 + 1))
+
+
+def bench_seal(n=1_000_000):
+    """`jit audit verify --verify-key` over n sealed events against plain `jit audit verify` (target ≤ 1.5×).
+    Runnable alone: python3 bench/run.py seal."""
+    tmp = tempfile.mkdtemp(prefix="jitbench-seal")
+    os.chmod(tmp, 0o755)
+    agent = None
+    try:
+        agent = Agent(tmp, config_text=open(os.path.join(REPO, "packaging", "jit.yaml")).read() + "\naudit:\n  syslog: false\n")
+        agent.start()
+        agent.stop()
+        key, as_of = seal_fill(agent.database, n)
+        agent.start()
+        out = {}
+        for name, args in (("plain", ("audit", "verify", "--json")),
+                           ("verify_key", ("audit", "verify", "--verify-key", key, "--database", agent.database, "--as-of", as_of, "--json"))):
+            best = None
+            for _ in range(2):
+                t0 = time.monotonic()
+                p = agent.jit(None, *args, timeout=900)
+                dt = time.monotonic() - t0
+                v = json.loads(p.stdout)
+                assert v["ok"], (name, v)
+                best = dt if best is None or dt < best else best
+            out[name] = {"events": v["count"], "seconds": round(best, 2), "seals": v.get("seals")}
+        out["ratio"] = round(out["verify_key"]["seconds"] / out["plain"]["seconds"], 2)
+        results["seal_verify"] = out
+    finally:
+        if agent:
+            agent.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_seal():
+    sv = results["seal_verify"]
+    print(f"Sealed verify: {sv['verify_key']['events']} events, {sv['verify_key']['seals']} seals in {sv['verify_key']['seconds']} s vs plain "
+          f"{sv['plain']['seconds']} s: {sv['ratio']}× (target ≤ 1.5; best of 2)")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "seal":
+        bench_seal(100_000 if QUICK else 1_000_000)
+        report_seal()
+        return 0
     if os.geteuid() != 0:
         print("make bench needs root (it starts jitd and creates throw-away users).", file=sys.stderr)
         return 2
@@ -288,6 +373,7 @@ def main():
         v = json.loads(p.stdout)
         results["audit_verify"] = {"events": v["count"], "seconds": round(time.monotonic() - t0, 2), "ok": v["ok"]}
 
+        bench_seal(100_000 if QUICK else 1_000_000)
         debs = [f for f in os.listdir(os.path.join(REPO, "dist"))] if os.path.isdir(os.path.join(REPO, "dist")) else []
         debs = [os.path.join(REPO, "dist", f) for f in debs if f.endswith(".deb")]
         results["deb_bytes"] = os.path.getsize(sorted(debs)[-1]) if debs else None
@@ -336,6 +422,7 @@ def report():
           + f"; ratio {sc['ratio_largest_over_empty_p50']} (target ≤ 1.2)")
     av = r["audit_verify"]
     print(f"Audit verify: {av['events']} events in {av['seconds']} s ({'ok' if av['ok'] else 'BROKEN'})")
+    report_seal()
     m = r["memory_kb"]
     print(f"jitd RSS: idle {m['jitd_rss_idle'] / 1024:.1f} MB, under 64 clients {m['jitd_rss_64_clients'] / 1024:.1f} MB (target idle < 30 MB)")
     print(f".deb size: {r['deb_bytes'] / 1e6:.1f} MB" if r["deb_bytes"] else ".deb size: (no dist/*.deb; run make deb)")

@@ -73,6 +73,13 @@ public final class Agent: Sendable {
         engine.logger.notice("jitd \(JITVersion.string) serving \(cfg.environment) on \(cfg.socket), database \(cfg.database)")
         for w in PolicyReport.warnings(cfg, file: configPath, directory: engine.directory) { engine.logger.warning("\(w)") }
         engine.audit("agent.start", data: [("version", JITVersion.string), ("environment", cfg.environment), ("config", configPath), ("pid", String(getpid()))])
+        engine.sealer.start()
+        if let (setup, epoch) = engine.sealer.status {
+            if cfg.audit.sealInterval != engine.sealer.intervalInUse {
+                engine.logger.warning("audit.seal_interval is \(Durations.format(cfg.audit.sealInterval)) but the sealing key was set up with epochs of \(Durations.format(engine.sealer.intervalInUse ?? 0)); run jit audit setup-keys --force to change it")
+            }
+            engine.logger.notice("audit: sealing with setup \(setup), epoch \(epoch)")
+        }
 
         let serverThread = Thread { [server] in server.serve() }
         serverThread.start()
@@ -100,6 +107,7 @@ public final class Agent: Sendable {
             engine.store.appended.wake()
             engine.journal?.ingest()
             engine.store.outboxWaker.wake()
+            engine.sealer.seal("stop")
             notifications.transport.shutdown()
             trail.ship()
             trail.announceHead()
@@ -136,17 +144,20 @@ public final class Agent: Sendable {
     /// archives events past the retention age.
     func shipAudit() {
         trail.announceHead()
-        trail.archive()
+        trail.archive(sealer: engine.sealer)
         var nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
         while !stopped.load(ordering: .sequentiallyConsistent) {
             engine.journal?.ingest()
+            // Sealing is timed work here, never on the check path: the seal closing an epoch comes as it ends.
+            let nextSeal = engine.sealer.tick()
             trail.ship()
             if Date() >= nextHead {
                 trail.announceHead()
-                trail.archive()
+                trail.archive(sealer: engine.sealer)
                 nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
             }
-            engine.store.appended.wait(timeout: max(0.01, nextHead.timeIntervalSinceNow))
+            let wake = min(nextHead, nextSeal ?? nextHead)
+            engine.store.appended.wait(timeout: max(0.01, wake.timeIntervalSinceNow))
             // Let a burst of checks gather so one transaction ingests them all.
             Thread.sleep(forTimeInterval: 0.02)
         }

@@ -187,11 +187,13 @@ extension Store {
 
     /// The newest event's id and hash (the head of the chain), or the anchor's when everything is archived.
     public func auditHead() throws(JITError) -> (id: Int64, hash: String) {
-        try read { db in
-            if let r = try Row.fetchOne(db, sql: "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1") { return (r["id"], r["hash"]) }
-            if let r = try Row.fetchOne(db, sql: "SELECT last_id, hash FROM audit_anchor ORDER BY last_id DESC LIMIT 1") { return (r["last_id"], r["hash"]) }
-            return (0, AuditChain.genesis)
-        }
+        try read { db in try Store.head(db) }
+    }
+
+    static func head(_ db: Database) throws -> (id: Int64, hash: String) {
+        if let r = try Row.fetchOne(db, sql: "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1") { return (r["id"], r["hash"]) }
+        if let r = try Row.fetchOne(db, sql: "SELECT last_id, hash FROM audit_anchor ORDER BY last_id DESC LIMIT 1") { return (r["last_id"], r["hash"]) }
+        return (0, AuditChain.genesis)
     }
 
     /// Walks the whole live chain from its anchor. Reads in batches inside one read transaction (a snapshot).
@@ -214,10 +216,12 @@ extension Store {
     }
 
     public func setCursor(_ name: String, _ id: Int64) throws(JITError) {
-        try write { db in
-            try db.execute(sql: "INSERT INTO audit_cursor (name, last_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_id = excluded.last_id",
-                           arguments: [name, id])
-        }
+        try write { db in try Store.putCursor(db, name, id) }
+    }
+
+    static func putCursor(_ db: Database, _ name: String, _ value: Int64) throws {
+        try db.execute(sql: "INSERT INTO audit_cursor (name, last_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_id = excluded.last_id",
+                       arguments: [name, value])
     }
 
     /// Removes events up to `lastID` once they are safely archived, leaving an anchor so the chain still verifies.
@@ -254,9 +258,8 @@ extension Store {
     }
 
     static func putJournalCursor(_ db: Database, _ gen: Int64, _ offset: Int64) throws {
-        let sql = "INSERT INTO audit_cursor (name, last_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_id = excluded.last_id"
-        try db.execute(sql: sql, arguments: ["journal_gen", gen])
-        try db.execute(sql: sql, arguments: ["journal_offset", offset])
+        try putCursor(db, "journal_gen", gen)
+        try putCursor(db, "journal_offset", offset)
     }
 
     /// Appends journal events to the chain and records how far the journal was read, in one transaction.

@@ -125,10 +125,16 @@ public final class AuditTrail: Sendable {
 
     /// Archives events older than the retention age to `audit-FIRST-LAST.jsonl.gz` and removes them from the
     /// live database, leaving an anchor so the live chain still verifies. Returns the file, if one was written.
+    /// With sealing on, an archive ends at a seal (the last one before the cutoff), so every archived event
+    /// is sealed and the live trail starts right after a seal; a seal is made first when there is anything
+    /// to archive.
     @discardableResult
-    public func archive() -> String? {
+    public func archive(sealer: AuditSealer? = nil) -> String? {
         guard let retention = settings.withLock({ $0.retention }) else { return nil }
         let cutoff = clock.now().addingTimeInterval(-Double(retention))
+        if let sealer, sealer.status != nil, let first = try? store.events(Store.AuditQuery(limit: 1)).first, first.date < cutoff {
+            sealer.seal("archive")
+        }
         do {
             var events: [AuditEvent] = []
             var after: Int64? = nil
@@ -140,6 +146,9 @@ public final class AuditTrail: Sendable {
                     events.append(e)
                 }
                 after = batch.last!.id
+            }
+            if let sealer, sealer.status != nil {
+                events = Array(events.prefix((events.lastIndex { $0.kind == Sealing.eventKind } ?? -1) + 1))
             }
             guard let first = events.first, let last = events.last else { return nil }
             try FileManager.default.createDirectory(atPath: archiveDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -187,14 +196,36 @@ public enum AuditArchive {
 
     /// Verifies an archive file on its own: contiguous ids, every hash, every link. Returns the walk; the
     /// walk starts from the archive's own first `prev_hash`, which must equal the previous anchor's hash.
-    public static func verify(path: String) throws(JITError) -> AuditChain.Walk {
+    static func contents(_ path: String) throws(JITError) -> Data {
         var buf: UnsafeMutablePointer<CChar>? = nil
         var len = 0
         guard cjit_gz_read(path, 4 << 30, &buf, &len) == 0, let buf else {
             throw JITError(.notFound, "cannot read the archive \(path): \(String(cString: strerror(errno)))")
         }
         defer { free(buf) }
-        let data = Data(bytes: buf, count: len)
+        return Data(bytes: buf, count: len)
+    }
+
+    static func event(_ l: Line) -> AuditEvent {
+        AuditEvent(id: l.id, at: l.at, kind: l.kind, actor: l.actor, user: l.user, requestID: l.request_id, grantID: l.grant_id,
+                   data: l.data, prevHash: l.prev_hash, hash: l.hash)
+    }
+
+    /// Every event of an archive in order; throws, naming the file and line, at a line that is not a record.
+    public static func events(path: String) throws(JITError) -> [AuditEvent] {
+        let dec = JSONDecoder()
+        var out: [AuditEvent] = []
+        for (i, raw) in try contents(path).split(separator: 10).enumerated() where !raw.isEmpty {
+            guard let l = try? dec.decode(Line.self, from: Data(raw)) else {
+                throw JITError(.invalid, "the archive \(path) line \(i + 1) is not a valid archive record (after event \(out.last?.id ?? 0))")
+            }
+            out.append(event(l))
+        }
+        return out
+    }
+
+    public static func verify(path: String) throws(JITError) -> AuditChain.Walk {
+        let data = try contents(path)
         var walk: AuditChain.Walk? = nil
         let dec = JSONDecoder()
         for raw in data.split(separator: 10) where !raw.isEmpty {
@@ -204,8 +235,7 @@ public enum AuditArchive {
                 w.badID = w.lastID + 1
                 return w
             }
-            let e = AuditEvent(id: l.id, at: l.at, kind: l.kind, actor: l.actor, user: l.user, requestID: l.request_id, grantID: l.grant_id,
-                               data: l.data, prevHash: l.prev_hash, hash: l.hash)
+            let e = event(l)
             if walk == nil { walk = AuditChain.Walk(anchorID: e.id - 1, anchorHash: e.prevHash) }
             if !walk!.step(e) { return walk! }
         }

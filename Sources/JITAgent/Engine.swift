@@ -41,6 +41,8 @@ public final class Engine: Sendable {
     public let notifier: any Notifier
     /// Where the check path's audit events go first (nil: straight into the database).
     public let journal: CheckJournal?
+    /// Forward-secure sealing of the trail (timed work on the shipper thread; nothing on the PAM path).
+    public let sealer: AuditSealer
     public let startedAt: Date
     let configBox: Mutex<Config>
     let waiters = Mutex<[Int64: [Waker]]>([:])
@@ -52,6 +54,8 @@ public final class Engine: Sendable {
                 notifier: any Notifier = NoNotifier(), journal: CheckJournal? = nil) {
         self.sessions = sessions
         self.journal = journal
+        sealer = AuditSealer(store: store, path: config.audit.sealKey ?? ((store.path as NSString).deletingLastPathComponent + "/seal.key"),
+                             clock: clock, logger: logger, ingest: { [journal] in journal?.ingest() })
         self.notifier = notifier
         self.configBox = Mutex(config)
         self.store = store

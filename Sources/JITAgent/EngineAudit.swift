@@ -86,6 +86,19 @@ extension Engine {
                     for a in try store.anchors() { f.append(("archive", "\(a.file) through event \(a.lastID)")) }
                 }
                 return Message("ok", f)
+            case "audit_setup_keys":
+                try m.onlyKeys(["force"])
+                guard c.isRoot else { throw JITError(.unauthorized, "only root may set up the sealing keys") }
+                let k = try sealer.setup(interval: config.audit.sealInterval, force: m["force"] == "1")
+                return Message("ok", [("verify_key", k.longForm), ("verify_key_short", k.shortForm), ("setup", k.setupID),
+                                      ("start", Timestamps.format(k.begins(0))), ("interval", Durations.format(k.interval)), ("key_file", sealer.path)])
+            case "audit_seal":
+                try m.onlyKeys([])
+                guard c.isRoot else { throw JITError(.unauthorized, "only root may seal the audit trail") }
+                guard let (s, id) = sealer.seal("manual") else {
+                    throw JITError(.conflict, sealer.offReason.map { "sealing is off: \($0)" } ?? "sealing is not set up; run jit audit setup-keys first")
+                }
+                return Message("ok", [("id", String(id)), ("epoch", String(s.epoch)), ("next", String(s.next)), ("count", String(s.count)), ("head", s.head)])
             case "note":
                 // The PAM module reports passes that never reach a check: exempt users (break-glass).
                 try m.onlyKeys(["kind", "user", "service", "rhost", "tty", "why"])

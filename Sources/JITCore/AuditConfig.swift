@@ -13,6 +13,10 @@ public struct AuditSettings: Equatable, Sendable {
     public var retention: Int64? = nil
     /// Where archives go (default: an `audit` folder next to the database).
     public var archiveDir: String? = nil
+    /// The epoch length of forward-secure sealing, fixed into the key by `jit audit setup-keys`.
+    public var sealInterval: Int64 = 900
+    /// The sealing key file (default: `seal.key` next to the database). Holds only the current epoch's key.
+    public var sealKey: String? = nil
     public init() {}
 }
 
@@ -20,7 +24,7 @@ extension Config {
     static func parseAudit(_ node: Node, r: YAMLReader) throws(ConfigError) -> AuditSettings {
         var a = AuditSettings()
         let m = try r.mapping(node, path: "audit")
-        try r.onlyKeys(m, ["syslog", "syslog_socket", "head_interval", "retention", "archive_dir"], path: "audit")
+        try r.onlyKeys(m, ["syslog", "syslog_socket", "head_interval", "retention", "archive_dir", "seal_interval", "seal_key"], path: "audit")
         for (key, (_, v)) in m {
             let path = "audit.\(key)"
             switch key {
@@ -32,6 +36,8 @@ extension Config {
                 guard d >= 86_400 else { throw r.error(v, path, "must be at least 1d; the trail is evidence") }
                 a.retention = d
             case "archive_dir": a.archiveDir = try r.absolutePath(v, path: path)
+            case "seal_interval": a.sealInterval = try r.duration(v, path: path, ceiling: 86_400)
+            case "seal_key": a.sealKey = try r.absolutePath(v, path: path)
             default: break
             }
         }

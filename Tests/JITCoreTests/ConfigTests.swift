@@ -34,6 +34,9 @@ import Testing
     @Test(arguments: [
         ("environment: p\npolicy:\n  max_duraton: 4h\n", 3, "policy.max_duraton", "did you mean 'max_duration'"),
         ("environment: p\nsockt: /x\n", 2, "sockt", "did you mean 'socket'"),
+        ("environment: p\naudit:\n  seal_interval: 2 days\n", 3, "audit.seal_interval", "like 1h30m"),
+        ("environment: p\naudit:\n  seal_interval: 2d\n", 3, "audit.seal_interval", "hard ceiling"),
+        ("environment: p\naudit:\n  seal_key: seal.key\n", 3, "audit.seal_key", "absolute path"),
         ("environment: p\npolicy:\n  approvals_required: two\n", 3, "policy.approvals_required", "whole number"),
         ("environment: p\npolicy:\n  approvals_required: 0\n", 3, "policy.approvals_required", "between 1 and 10"),
         ("environment: p\npolicy:\n  require_reason: yes\n", 3, "policy.require_reason", "true or false"),
