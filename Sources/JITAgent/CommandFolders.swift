@@ -29,7 +29,9 @@ enum CommandFolders {
         var p = path
         while true {
             var st = stat()
-            if lstat(p, &st) == 0 {
+            // A symbolic link's own mode means nothing (it is always 0777, and only the folder's writer can
+            // change it); where it leads is checked through realpath.
+            if lstat(p, &st) == 0 && st.st_mode & S_IFMT != S_IFLNK {
                 let m = st.st_mode
                 if st.st_uid == uid || m & 0o002 != 0 || (m & 0o020 != 0 && gids.contains(st.st_gid)) { return p }
             }
