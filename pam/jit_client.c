@@ -48,13 +48,24 @@ static int ms_left(long long deadline)
 	return left > 3600000 + JIT_WAIT_GRACE_MS ? 3600000 + JIT_WAIT_GRACE_MS : (int)left;
 }
 
-/* Waits for events on fd until deadline. 1 ready, 0 timeout, JIT_E_INTR, or -errno. */
-static int wait_fd(int fd, short events, long long deadline, int intr_aborts)
+/* Waits for events on fd until deadline, and for watch (if >= 0) to hang up.
+ * 1 ready, 0 timeout, JIT_E_INTR, JIT_E_GONE, or -errno. */
+static int wait_fd_watching(int fd, short events, long long deadline, int intr_aborts, int watch)
 {
 	for (;;) {
-		struct pollfd p = { .fd = fd, .events = events, .revents = 0 };
+		struct pollfd p[2] = {
+			{ .fd = fd, .events = events, .revents = 0 },
+			{ .fd = watch, .events = POLLRDHUP, .revents = 0 },
+		};
 		int left = ms_left(deadline);
-		int n = poll(&p, 1, left);
+		int n = poll(p, watch >= 0 ? 2 : 1, left);
+		if (n > 0 && watch >= 0 && p[1].revents != 0) {
+			if (p[1].revents & (POLLRDHUP | POLLHUP | POLLERR))
+				return JIT_E_GONE;
+			watch = -1; /* POLLNVAL: nothing to watch any more */
+			if (p[0].revents == 0)
+				continue;
+		}
 		if (n > 0)
 			return 1;
 		if (n == 0)
@@ -66,6 +77,11 @@ static int wait_fd(int fd, short events, long long deadline, int intr_aborts)
 		if (left == 0)
 			return 0;
 	}
+}
+
+static int wait_fd(int fd, short events, long long deadline, int intr_aborts)
+{
+	return wait_fd_watching(fd, events, deadline, intr_aborts, -1);
 }
 
 static int open_socket(const char *path, long long deadline, int *out, char *err, size_t errlen)
@@ -186,14 +202,18 @@ static int send_all(int fd, const char *buf, size_t len, long long deadline, int
 	return JIT_OK;
 }
 
-static int recv_all(int fd, char *buf, size_t len, long long deadline, int intr_aborts,
+static int recv_all(int fd, char *buf, size_t len, long long deadline, int intr_aborts, int watch,
 		    char *err, size_t errlen)
 {
 	size_t off = 0;
 	while (off < len) {
-		int w = wait_fd(fd, POLLIN, deadline, intr_aborts);
+		int w = wait_fd_watching(fd, POLLIN, deadline, intr_aborts, watch);
 		if (w == JIT_E_INTR)
 			return JIT_E_INTR;
+		if (w == JIT_E_GONE) {
+			set_err(err, errlen, "the client connection closed while waiting");
+			return JIT_E_GONE;
+		}
 		if (w <= 0) {
 			set_err(err, errlen, "reading from the agent: %s",
 				w == 0 ? "no reply in time" : strerror(-w));
@@ -218,6 +238,12 @@ static int recv_all(int fd, char *buf, size_t len, long long deadline, int intr_
 int jit_call(const char *path, struct jit_req *req, int reply_ms, int intr_aborts,
 	     struct jit_reply *rep, char *err, size_t errlen)
 {
+	return jit_call_watching(path, req, reply_ms, intr_aborts, -1, rep, err, errlen);
+}
+
+int jit_call_watching(const char *path, struct jit_req *req, int reply_ms, int intr_aborts,
+		      int watch_fd, struct jit_reply *rep, char *err, size_t errlen)
+{
 	int fd = -1, rc;
 	char *body = NULL;
 	unsigned char hdr[4];
@@ -237,7 +263,7 @@ int jit_call(const char *path, struct jit_req *req, int reply_ms, int intr_abort
 		goto out;
 
 	long long deadline = now_ms() + reply_ms;
-	rc = recv_all(fd, (char *)hdr, sizeof(hdr), deadline, intr_aborts, err, errlen);
+	rc = recv_all(fd, (char *)hdr, sizeof(hdr), deadline, intr_aborts, watch_fd, err, errlen);
 	if (rc != JIT_OK)
 		goto out;
 	rc = jit_frame_len(hdr, &blen);
@@ -255,7 +281,7 @@ int jit_call(const char *path, struct jit_req *req, int reply_ms, int intr_abort
 		set_err(err, errlen, "out of memory");
 		goto out;
 	}
-	rc = recv_all(fd, body, blen, deadline, intr_aborts, err, errlen);
+	rc = recv_all(fd, body, blen, deadline, intr_aborts, watch_fd, err, errlen);
 	if (rc != JIT_OK)
 		goto out;
 	rc = jit_reply_parse(body, blen, rep);

@@ -24,4 +24,13 @@
 int jit_call(const char *path, struct jit_req *req, int reply_ms, int intr_aborts,
 	     struct jit_reply *rep, char *err, size_t errlen);
 
+/*
+ * jit_call that also watches watch_fd (>= 0) while waiting for the reply, for
+ * a hang-up only (POLLRDHUP/POLLHUP/POLLERR; its data is never read): when it
+ * hangs up, the call ends at once with JIT_E_GONE and closes the agent's
+ * connection (which cancels a wait made with cancel_on_close=1).
+ */
+int jit_call_watching(const char *path, struct jit_req *req, int reply_ms, int intr_aborts,
+		      int watch_fd, struct jit_reply *rep, char *err, size_t errlen);
+
 #endif

@@ -25,7 +25,8 @@ enum jit_status {
 	JIT_E_UNREACHABLE = -5, /* no agent: missing socket, refused, timed out, closed */
 	JIT_E_INSECURE = -6,    /* the socket or the peer failed an ownership check */
 	JIT_E_INTR = -7,        /* a signal interrupted a wait */
-	JIT_E_ARG = -8          /* bad argument from our own side */
+	JIT_E_ARG = -8,         /* bad argument from our own side */
+	JIT_E_GONE = -9         /* the watched connection (the ssh client) hung up */
 };
 
 /* A request being built: header line plus key=value lines, body only. */

@@ -12,14 +12,17 @@
  * See pam_jit(8) and pam/README.md. Only pam_sm_* are exported (pam_jit.map).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
+#include <netdb.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -362,6 +365,52 @@ static int do_check(struct gate *g, int file, const char *reason, struct jit_rep
 	return rc;
 }
 
+/* Whether a numeric host and port match a socket address (IPv4-mapped IPv6 as IPv4, as sshd prints it). */
+static int addr_is(const struct sockaddr_storage *sa, socklen_t len, const char *host, const char *port)
+{
+	char h[NI_MAXHOST], p[NI_MAXSERV];
+	if (sa->ss_family != AF_INET && sa->ss_family != AF_INET6)
+		return 0;
+	if (getnameinfo((const struct sockaddr *)sa, len, h, sizeof(h), p, sizeof(p),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return 0;
+	const char *hh = strncmp(h, "::ffff:", 7) == 0 && strchr(h + 7, '.') ? h + 7 : h;
+	return strcmp(hh, host) == 0 && strcmp(p, port) == 0;
+}
+
+/*
+ * sshd's connection to the client, which this process (sshd's PAM child) inherited: the socket whose
+ * addresses are the ones sshd put in SSH_CONNECTION ("CLIENT-IP CLIENT-PORT SERVER-IP SERVER-PORT").
+ * The module only watches it for a hang-up, never reads or writes it. -1 outside sshd or if not found.
+ */
+static int ssh_client_fd(struct gate *g)
+{
+	const char *sc = pam_getenv(g->pamh, "SSH_CONNECTION");
+	char rh[NI_MAXHOST], rp[NI_MAXSERV], lh[NI_MAXHOST], lp[NI_MAXSERV];
+	int found = -1;
+	if (sc == NULL || sscanf(sc, "%1024s %31s %1024s %31s", rh, rp, lh, lp) != 4)
+		return -1;
+	DIR *d = opendir("/proc/self/fd");
+	if (d == NULL)
+		return -1;
+	struct dirent *e;
+	while (found < 0 && (e = readdir(d)) != NULL) {
+		char *end = NULL;
+		long fd = strtol(e->d_name, &end, 10);
+		if (end == e->d_name || *end != '\0' || fd < 0 || fd == dirfd(d) || fd > INT_MAX)
+			continue;
+		struct sockaddr_storage peer, local;
+		socklen_t pl = sizeof(peer), ll = sizeof(local);
+		if (getpeername((int)fd, (struct sockaddr *)&peer, &pl) != 0 ||
+		    getsockname((int)fd, (struct sockaddr *)&local, &ll) != 0)
+			continue;
+		if (addr_is(&peer, pl, rh, rp) && addr_is(&local, ll, lh, lp))
+			found = (int)fd;
+	}
+	closedir(d);
+	return found;
+}
+
 /* Waits for request id. Returns a PAM code. */
 static int do_wait(struct gate *g, const char *id)
 {
@@ -369,16 +418,25 @@ static int do_wait(struct gate *g, const char *id)
 	struct jit_reply r;
 	int rc = jit_req_init(&req, "wait");
 	memset(&r, 0, sizeof(r));
+	/* While sshd's PAM child waits here, sshd itself is blocked on it and cannot notice that the client
+	 * went away: the module watches the client's connection, so a dropped client ends the wait at once
+	 * (and, by closing with cancel_on_close=1, cancels the request). */
+	int client = ssh_client_fd(g);
 	if (rc == JIT_OK) {
 		jit_req_add(&req, "request", id);
 		jit_req_add_uint(&req, "timeout", g->o.timeout);
 		jit_req_add(&req, "cancel_on_close", "1");
-		rc = jit_call(g->o.socket, &req, (int)g->o.timeout * 1000 + JIT_WAIT_GRACE_MS, 1, &r,
-			      g->err, sizeof(g->err));
+		rc = jit_call_watching(g->o.socket, &req, (int)g->o.timeout * 1000 + JIT_WAIT_GRACE_MS, 1,
+				       client, &r, g->err, sizeof(g->err));
 	} else {
 		snprintf(g->err, sizeof(g->err), "out of memory");
 	}
 	jit_req_free(&req);
+	if (rc == JIT_E_GONE) {
+		pam_syslog(g->pamh, LOG_NOTICE, "%s: the ssh client of user %s went away while waiting; "
+			   "request %s cancelled", stage_name(g), g->user, id);
+		return deny_code(g);
+	}
 	if (rc != JIT_OK)
 		return agent_failed(g, rc);
 
@@ -581,6 +639,25 @@ static int exempt(struct gate *g, int log_pass)
 	return e;
 }
 
+/*
+ * Whether the user has proven who they are before this auth stack runs; the auth stage files nothing
+ * otherwise (the account stage, which runs only after authentication, decides then). sshd (OpenSSH 7.6 and
+ * later) puts the methods that already passed in SSH_AUTH_INFO_0 ("publickey ssh-ed25519 AAAA..."): empty
+ * means no credential was checked yet, whatever AuthenticationMethods says. Inside sudo the user is the
+ * invoking user, whom the kernel names. Anywhere else the module cannot know, so it assumes not.
+ */
+static int authenticated_already(const struct gate *g)
+{
+	if (g->is_sudo)
+		return 1;
+	const char *info = pam_getenv(g->pamh, "SSH_AUTH_INFO_0");
+	if (info == NULL)
+		return 0;
+	while (*info == ' ' || *info == '\t' || *info == '\n')
+		info++;
+	return *info != '\0';
+}
+
 static int gate(pam_handle_t *pamh, int flags, int argc, const char **argv, enum stage stage)
 {
 	struct gate g;
@@ -592,6 +669,13 @@ static int gate(pam_handle_t *pamh, int flags, int argc, const char **argv, enum
 	rc = gate_init(&g, pamh, flags, argc, argv, stage);
 	if (rc != PAM_SUCCESS)
 		goto out;
+	if (stage == ST_AUTH && !authenticated_already(&g)) {
+		pam_syslog(pamh, LOG_INFO, "auth: user %s (service %s, rhost %s) has not authenticated yet: "
+			   "nothing asked or filed; the account stage decides", g.user, g.service,
+			   g.rhost ? g.rhost : "-");
+		rc = PAM_IGNORE;
+		goto out;
+	}
 	int e = exempt(&g, 1);
 	if (e != 0) {
 		rc = e == 1 ? PAM_IGNORE : -e;

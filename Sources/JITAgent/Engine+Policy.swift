@@ -26,6 +26,7 @@ extension Engine {
         let a = try cfg.policy.evaluate(d, from: who, host: host(cfg), at: now, trace: &trace)
         let draft = a.draft
         try effects.validate(user: who.name, scope: draft.scope, runAs: draft.runAs ?? "")
+        try CommandFolders.refuseWritable(draft.scope, for: who)
         let r = AccessRequest(
             user: who.name, uid: who.uid, environment: draft.environment ?? cfg.environment, scope: draft.scope, runAs: draft.runAs ?? "",
             duration: draft.duration ?? a.rule.defaultDuration, reason: draft.reason, createdAt: now,
@@ -34,7 +35,8 @@ extension Engine {
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
         if a.automatic {
             let rule = a.rule
-            let dec = try store.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword) { g in
+            let dec = try store.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword,
+                                               login: rule.grantsLogin) { g in
                 rule.grantEnd(duration: r.duration, at: now, extending: g?.expiresAt)
             }
             try putInPlace(dec)
@@ -60,12 +62,13 @@ extension Engine {
         let now = clock.now()
         let a = try cfg.policy.admitBreakGlass(d, from: who, host: host(cfg))
         try effects.validate(user: who.name, scope: a.scope, runAs: a.runAs ?? "")
+        try CommandFolders.refuseWritable(a.scope, for: who)
         let duration = a.duration ?? 3600
         let r = AccessRequest(
             user: who.name, uid: who.uid, environment: a.environment ?? cfg.environment, scope: a.scope, runAs: a.runAs ?? "",
             duration: duration, reason: a.reason, createdAt: now, expiresAt: now, rule: "break-glass", rhost: d.rhost, service: d.service,
             ticket: a.ticket)
-        let dec = try store.insertApproved(r, via: .breakGlass, by: who.name, at: now, noPassword: cfg.policy.noPassword) { _ in
+        let dec = try store.insertApproved(r, via: .breakGlass, by: who.name, at: now, noPassword: cfg.policy.noPassword, login: true) { _ in
             now.addingTimeInterval(Double(duration))
         }
         try putInPlace(dec)
@@ -123,6 +126,7 @@ extension Engine {
         }
         let d = try store.approveByRule(
             id: id, approver: c.name, groups: rule.approvalGroups(of: c), mfa: rule.mfa, comment: comment, at: now, noPassword: policy.noPassword,
+            login: rule.grantsLogin,
             authorize: { cur throws(JITError) in
                 guard try policy.mayDecide(cur, by: c, at: now) == rule else {
                     throw JITError(.conflict, "the policy changed while approving request \(id); try again")

@@ -68,6 +68,9 @@ public final class Engine: Sendable {
 
     public var config: Config { configBox.withLock { $0 } }
 
+    /// The fields of `check`: the user it is about, filing, and what the module knows about the event.
+    static let checkKeys = Set(["user", "file", "reason"] + FieldRules.moduleContext)
+
     /// Swaps in a new, already validated config (SIGHUP). Pending requests and connections are untouched.
     public func replaceConfig(_ c: Config) { configBox.withLock { $0 = c } }
 
@@ -76,6 +79,8 @@ public final class Engine: Sendable {
     /// Handles one request message from `caller` and returns the reply. Never throws: every failure is an
     /// error reply, and a failed operation changes nothing.
     public func handle(_ m: Message, from caller: Identity) -> Message {
+        // Every field's bound and syntax first, for every operation (FieldRules).
+        do { try FieldRules.validate(m) } catch { return .error(error.code, error.message) }
         do {
             return try dispatch(m, caller)
         } catch {
@@ -91,7 +96,8 @@ public final class Engine: Sendable {
                 try m.onlyKeys([])
                 return Message("ok", [("version", String(Wire.version)), ("agent", "jitd \(JITVersion.string)"), ("environment", config.environment)])
             case "check":
-                try m.onlyKeys(["user", "service", "rhost", "tty", "pid", "file", "reason", "command"])
+                try m.onlyKeys(Engine.checkKeys)
+                guard c.isRoot else { throw refuseModuleQuestion(m, from: c) }
                 return auditCheck(m, user: m["user"] ?? "", reply: try check(m, c))
             case "cancel":
                 try m.onlyKeys(["request"])
@@ -262,14 +268,9 @@ public final class Engine: Sendable {
     func check(_ m: Message, _ c: Identity) throws(JITError) -> Message {
         let user = try field(m, "user")
         let service = try field(m, "service")
-        guard c.isRoot || c.name == user else {
-            throw JITError(.unauthorized, "only root may ask about another user")
-        }
+        // Only a root peer gets here (dispatch); bounds and syntax were checked by FieldRules.
+        guard c.isRoot else { throw JITError(.unauthorized, "only root may ask 'check'") }
         let rhost = m["rhost"] ?? ""
-        let tty = m["tty"] ?? ""
-        guard rhost.utf8.count <= 256, tty.utf8.count <= 256, service.utf8.count <= 64 else {
-            throw JITError(.badRequest, "rhost, tty or service is too long")
-        }
         let cfg = config
         guard let who = directory.user(name: user) else {
             return Message("ok", [("decision", "deny"), ("message", "access denied: there is no user '\(user)' on this host")])
@@ -285,7 +286,7 @@ public final class Engine: Sendable {
                 ("message", "access granted by grant \(g.id) until \(Timestamps.format(g.expiresAt))"),
             ])
         }
-        if let r = try store.pendingRequest(user: user, kind: kind) {
+        if let r = try store.pendingRequest(user: user, kind: kind, opensLogin: { cfg.policy.rule(named: $0.rule)?.grantsLogin ?? false }) {
             return pendingReply(r)
         }
         let what = kind == .sudo ? "sudo" : "login"

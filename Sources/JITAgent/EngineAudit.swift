@@ -24,13 +24,31 @@ extension Engine {
         }
     }
 
+    /// A `check` from a peer that is not root. Every field of a check but `user` is something only the PAM
+    /// module knows (`FieldRules.moduleContext`, and `file`/`reason` file through the module's path), so
+    /// from anyone else it is a claim: refused, and recorded under the caller the kernel named (finding 1, 6).
+    /// The event holds only the names of the fields sent, never their values.
+    func refuseModuleQuestion(_ m: Message, from c: Identity) -> JITError {
+        let sent = m.fields.map(\.0).filter { $0 != "user" }
+        do {
+            try recordFromPAM("check.refused", actor: c.name, user: m["user"] ?? "", requestID: nil, grantID: nil,
+                              data: [("why", "not a root peer"), ("uid", String(c.uid)), ("fields", sent.joined(separator: ","))])
+        } catch {
+            logger.error("audit: \(error.message)")
+        }
+        logger.warning("check from uid \(c.uid) (\(c.name)) refused: only the PAM module (a root peer) asks 'check'")
+        return JITError(.unauthorized, "'check' is the PAM module's question and only a root peer may ask it: its fields ("
+                        + FieldRules.moduleContext.joined(separator: ", ")
+                        + ", file) describe a login or sudo that only the module sees; see your grants with 'jit grants --active'")
+    }
+
     /// An event from the PAM path: into the check journal (one append), or without a journal into the
     /// database without waiting for fsync. It survives the agent being killed once this returns.
-    func recordFromPAM(_ kind: String, user: String, requestID: Int64?, grantID: Int64?, data: [(String, String)]) throws(JITError) {
+    func recordFromPAM(_ kind: String, actor: String = "pam", user: String, requestID: Int64?, grantID: Int64?, data: [(String, String)]) throws(JITError) {
         if let journal {
-            try journal.append(at: clock.now(), kind: kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data)
+            try journal.append(at: clock.now(), kind: kind, actor: actor, user: user, requestID: requestID, grantID: grantID, data: data)
         } else {
-            try store.record(kind, actor: "pam", user: user, requestID: requestID, grantID: grantID, data: data, at: clock.now(), durable: false)
+            try store.record(kind, actor: actor, user: user, requestID: requestID, grantID: grantID, data: data, at: clock.now(), durable: false)
         }
     }
 

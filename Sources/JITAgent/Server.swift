@@ -217,6 +217,7 @@ public final class Server: Sendable {
     func waitFor(_ m: Message, caller: Identity, conn: Connection) -> Message? {
         do {
             try m.onlyKeys(["request", "timeout", "cancel_on_close"])
+            try FieldRules.validate(m)
         } catch {
             return .error(error.code, error.message)
         }

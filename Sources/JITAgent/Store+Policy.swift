@@ -53,18 +53,18 @@ extension Store {
     /// grant (or the extended grant), in one transaction. `end` gives the grant's end from the grant
     /// being extended, if any.
     public func insertApproved(
-        _ r: AccessRequest, via: ApprovedVia, by: String, at now: Date, noPassword: Bool, end: (Grant?) -> Date
+        _ r: AccessRequest, via: ApprovedVia, by: String, at now: Date, noPassword: Bool, login: Bool, end: (Grant?) -> Date
     ) throws(JITError) -> Decision {
         try write { db in
             var req = try self.insertPending(db, r)
-            return try self.approveInside(db, &req, via: via, by: by, comment: nil, at: now, noPassword: noPassword, end: end)
+            return try self.approveInside(db, &req, via: via, by: by, comment: nil, at: now, noPassword: noPassword, login: login, end: end)
         }
     }
 
     /// Approves `r` inside a transaction: marks it, and creates its grant or extends the one it names.
     func approveInside(
         _ db: Database, _ r: inout AccessRequest, via: ApprovedVia, by: String, comment: String?, at now: Date, noPassword: Bool,
-        end: (Grant?) -> Date
+        login: Bool, end: (Grant?) -> Date
     ) throws -> Decision {
         r.state = try r.state.transition(to: .approved)
         r.decidedAt = now
@@ -88,11 +88,11 @@ extension Store {
         }
         var g = Grant(
             requestID: r.id, user: r.user, uid: r.uid, environment: r.environment, scope: r.scope, runAs: r.runAs,
-            startsAt: now, expiresAt: end(nil), noPassword: noPassword)
+            startsAt: now, expiresAt: end(nil), noPassword: noPassword, coversLogin: login || r.scope == .login)
         try db.execute(
-            sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+            sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd, login) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
             arguments: [g.requestID, g.user, Int64(g.uid), g.environment, g.scope.name, g.scope.commands.joined(separator: "\n"), g.runAs,
-                        Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0])
+                        Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0, g.coversLogin ? 1 : 0])
         g.id = db.lastInsertedRowID
         r.grantID = g.id
         return Decision(request: r, grant: g, decided: true)
@@ -114,7 +114,7 @@ extension Store {
     /// request as it is now; `complete` looks at every approval (this one included) and returns the grant's
     /// end when they decide the request, nil when more are needed.
     public func approveByRule(
-        id: Int64, approver: String, groups: [String], mfa: Bool, comment: String?, at now: Date, noPassword: Bool,
+        id: Int64, approver: String, groups: [String], mfa: Bool, comment: String?, at now: Date, noPassword: Bool, login: Bool,
         authorize: (AccessRequest) throws(JITError) -> Void,
         complete: (AccessRequest, [ApprovalRecord], Grant?) throws(JITError) -> Date?
     ) throws(JITError) -> Decision {
@@ -134,7 +134,7 @@ extension Store {
                 current = try Row.fetchOne(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE id = ?", arguments: [gid]).map(Store.grant(from:))
             }
             guard let end = try complete(r, records, current) else { return Decision(request: r, grant: nil, decided: false) }
-            return try self.approveInside(db, &r, via: .approvers, by: approver, comment: comment, at: now, noPassword: noPassword) { _ in end }
+            return try self.approveInside(db, &r, via: .approvers, by: approver, comment: comment, at: now, noPassword: noPassword, login: login) { _ in end }
         }
     }
 

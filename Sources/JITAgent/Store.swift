@@ -30,9 +30,11 @@ public final class Store: Sendable {
                 throw JITError(.internal, "cannot create the database folder \(dir): \(error.localizedDescription); set 'database' in the config or --database to a writable path")
             }
         }
+        try Store.checkFolder(dir, of: path)
         if FileManager.default.fileExists(atPath: path) && access(path, W_OK) != 0 {
             throw JITError(.internal, "the database \(path) is read-only (\(String(cString: strerror(errno)))); fix its permissions or point 'database' at a writable file")
         }
+        try Store.secureFiles(path)
         var config = Configuration()
         config.busyMode = .timeout(5)
         // Reads are short and the check path reads a cache: two readers and small page caches keep the
@@ -52,6 +54,51 @@ public final class Store: Sendable {
             throw JITError(.internal, "cannot use the database \(path): \(Store.explain(e)); restore it from a backup or move it away to start afresh")
         } catch {
             throw JITError(.internal, "cannot use the database \(path): \(error)")
+        }
+    }
+
+    /// The database folder holds TOTP secrets and the trail: it must be owned by the agent's user (root) and
+    /// writable by nobody else, whatever created it and wherever jitd runs (inside the unit or not). A folder
+    /// that others may only read or enter is closed to 0700; one owned by someone else, or that others may
+    /// write, is refused with the command that fixes it (as the sudoers directory is).
+    static func checkFolder(_ dir: String, of path: String) throws(JITError) {
+        var st = stat()
+        guard lstat(dir, &st) == 0 else {
+            throw JITError(.internal, "cannot inspect the database folder \(dir) of \(path): \(String(cString: strerror(errno)))")
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw JITError(.internal, "the database folder \(dir) of \(path) is not a directory (a symbolic link or a file); point 'database' at a file in a real folder")
+        }
+        let me = geteuid()
+        guard st.st_uid == me || st.st_uid == 0 else {
+            throw JITError(.internal, "the database folder \(dir) is owned by uid \(st.st_uid), not root; run: chown root:root \(dir) && chmod 700 \(dir)")
+        }
+        let mode = st.st_mode & 0o7777
+        guard mode & 0o022 == 0 else {
+            throw JITError(.internal, "the database folder \(dir) is writable by group or others (mode \(String(mode, radix: 8))); run: chmod 700 \(dir)")
+        }
+        if mode & 0o077 != 0 && chmod(dir, 0o700) != 0 {
+            throw JITError(.internal, "the database folder \(dir) of \(path) is readable by others (mode \(String(mode, radix: 8))) and cannot be closed (\(String(cString: strerror(errno)))); run: chmod 700 \(dir)")
+        }
+    }
+
+    /// The database, its `-wal` and its `-shm` are 0600 and the agent's own. SQLite gives the `-wal` and `-shm`
+    /// files the mode of the database file, so a new database is created 0600 before SQLite opens it.
+    static func secureFiles(_ path: String) throws(JITError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd >= 0 { close(fd) }
+        for f in [path, path + "-wal", path + "-shm"] {
+            var st = stat()
+            guard lstat(f, &st) == 0 else { continue }
+            guard st.st_mode & S_IFMT == S_IFREG else {
+                throw JITError(.internal, "\(f) is not a regular file (a symbolic link?); move it away and start again")
+            }
+            guard st.st_uid == geteuid() || st.st_uid == 0 else {
+                throw JITError(.internal, "\(f) is owned by uid \(st.st_uid), not root; run: chown root:root \(f)")
+            }
+            if st.st_mode & 0o077 != 0 && chmod(f, 0o600) != 0 {
+                throw JITError(.internal, "\(f) is readable by others and cannot be made 0600 (\(String(cString: strerror(errno)))); run: chmod 600 \(f)")
+            }
         }
     }
 
@@ -111,6 +158,14 @@ public final class Store: Sendable {
         m.registerMigration("v2", migrate: Store.migrateV2)
         Store.registerAuditMigration(&m)
         Store.registerNotifyMigration(&m)
+        // Issue 13, finding 7: whether a grant opens login is stored with it, decided by its rule. Grants from
+        // before this keep what they had, except command grants, which no longer open ssh.
+        m.registerMigration("i13a-grant-login") { db in
+            try db.execute(sql: """
+                ALTER TABLE grants ADD COLUMN login INTEGER NOT NULL DEFAULT 1;
+                UPDATE grants SET login = 0 WHERE scope = 'commands';
+                """)
+        }
         return m
     }
 
@@ -143,7 +198,7 @@ public final class Store: Sendable {
             ticket: row["ticket"], extends: extends)
     }
 
-    static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd"
+    static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd, login"
 
     static func grant(from row: Row) -> Grant {
         Grant(
@@ -152,7 +207,7 @@ public final class Store: Sendable {
             state: GrantState(rawValue: row["state"]) ?? .expired,
             startsAt: Timestamps.date(millis: row["starts_at"]), expiresAt: Timestamps.date(millis: row["expires_at"]),
             endedAt: (row["ended_at"] as Int64?).map(Timestamps.date(millis:)), endedBy: row["ended_by"],
-            noPassword: (row["nopasswd"] as Int64) != 0)
+            noPassword: (row["nopasswd"] as Int64) != 0, coversLogin: (row["login"] as Int64) != 0)
     }
 
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
@@ -237,12 +292,17 @@ public final class Store: Sendable {
     }
 
     /// The user's newest pending request that would cover `kind`, to join instead of filing another.
-    public func pendingRequest(user: String, kind: ServiceKind) throws(JITError) -> AccessRequest? {
+    public func pendingRequest(user: String, kind: ServiceKind, opensLogin: (AccessRequest) -> Bool = { _ in true }) throws(JITError) -> AccessRequest? {
         try read { db in
             let sql = kind == .sudo
                 ? "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND scope != 'login' AND extends IS NULL ORDER BY id DESC LIMIT 1"
-                : "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND extends IS NULL ORDER BY id DESC LIMIT 1"
-            return try Row.fetchOne(db, sql: sql, arguments: [user]).map { try self.request(from: $0, db) }
+                : "SELECT \(Store.requestColumns) FROM requests WHERE user = ? AND state = 'pending' AND extends IS NULL ORDER BY id DESC LIMIT 20"
+            // A login joins only a request whose grant would open login (its rule lists `login`).
+            for row in try Row.fetchAll(db, sql: sql, arguments: [user]) {
+                let r = try self.request(from: row, db)
+                if kind == .sudo || r.scope == .login || opensLogin(r) { return r }
+            }
+            return nil
         }
     }
 
@@ -334,7 +394,7 @@ public final class Store: Sendable {
             mine = byUser[user] ?? []
         }
         return mine!
-            .filter { $0.state == .active && $0.expiresAt > now && (kind == .login || $0.scope.includesSudo) }
+            .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) }
             .max { $0.expiresAt < $1.expiresAt }
     }
 

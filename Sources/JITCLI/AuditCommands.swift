@@ -265,9 +265,10 @@ struct AuditSealNow: ParsableCommand {
 }
 
 extension Output {
-    /// RFC 4180 quoting, and a leading ' on cells a spreadsheet would run as a formula.
+    /// RFC 4180 quoting, and a leading ' on cells a spreadsheet would run as a formula. Control and format
+    /// characters (ESC sequences that came in through rhost or command) are made '?' first, as on the terminal.
     static func csvField(_ s: String) -> String {
-        var v = s
+        var v = clean(s)
         if let f = v.first, "=+-@\t\r".contains(f) { v = "'" + v }
         if v.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) {
             return "\"" + v.replacingOccurrences(of: "\"", with: "\"\"") + "\""

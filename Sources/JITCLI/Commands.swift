@@ -142,6 +142,7 @@ struct Request: ParsableCommand {
         if breakGlass { m.add("break_glass", "1") }
         let reply = try connection.call(m)
         let r = RequestView(reply.fields)
+        if !json { for w in r.warnings { printErr("jit: warning: \(Output.clean(w)); approvers see this warning") } }
         if r.state == "approved" {
             if json { print(Output.json(r)); return }
             let grant = r.grant_id.map { "grant \($0)" } ?? "a grant"

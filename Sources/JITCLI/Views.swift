@@ -25,12 +25,15 @@ struct RequestView: Codable {
     var approved_via: String?
     var ticket: String?
     var extends: Int64?
+    /// Commands that give a shell or any file (CommandRisk): approvers read these before approving.
+    var warnings: [String]
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
         id = Int64(v("id") ?? "") ?? 0
         state = v("state") ?? ""
         user = v("user") ?? ""
+        warnings = f.filter { $0.0 == "warning" }.map(\.1)
         uid = Int64(v("uid") ?? "") ?? -1
         environment = v("environment") ?? ""
         scope = v("scope") ?? ""
@@ -109,9 +112,10 @@ enum Output {
         return s
     }
 
-    /// Makes user-supplied text safe for a terminal: control characters become '?'.
+    /// Makes user-supplied text safe for a terminal: control, format (bidi, zero-width) and line-separator
+    /// characters become '?'.
     static func clean(_ s: String) -> String {
-        String(String.UnicodeScalarView(s.unicodeScalars.map { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format ? "?" : $0 }))
+        String(String.UnicodeScalarView(s.unicodeScalars.map { FieldRules.isUnsafe($0) ? "?" : $0 }))
     }
 
     static func table(_ header: [String], _ rows: [[String]]) -> String {
@@ -129,7 +133,8 @@ enum Output {
             "request \(r.id): \(r.state)",
             "  user:        \(r.user)",
             "  environment: \(r.environment)",
-            "  scope:       \(r.scopeText)",
+            "  scope:       \(clean(r.scopeText))",
+        ] + r.warnings.map { "  WARNING:     \(clean($0))" } + [
             "  duration:    \(Durations.format(r.duration))",
             "  reason:      \(clean(r.reason))",
             "  created:     \(r.created_at)",

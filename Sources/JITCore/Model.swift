@@ -154,6 +154,7 @@ public struct AccessRequest: Equatable, Sendable {
             ("environment", environment), ("scope", scope.name),
         ]
         for c in scope.commands { f.append(("command", c)) }
+        for w in CommandRisk.warnings(for: scope) { f.append(("warning", w)) }
         f += [
             ("runas", runAs), ("duration", String(duration)), ("reason", reason),
             ("created_at", Timestamps.format(createdAt)), ("expires_at", Timestamps.format(expiresAt)),
@@ -186,12 +187,17 @@ public struct Grant: Equatable, Sendable {
     public var endedAt: Date?
     public var endedBy: String?
     public var noPassword: Bool
+    /// Whether the grant also lets its user log in: true for login grants, and for sudo or command grants
+    /// whose rule lists `login` in its `scopes` (the same approval path would have granted a login). A rule
+    /// that grants only commands or sudo never opens ssh (issue 13, finding 7).
+    public var coversLogin: Bool
 
     public init(
         id: Int64 = 0, requestID: Int64, user: String, uid: UInt32, environment: String, scope: Scope,
         runAs: String, state: GrantState = .active, startsAt: Date, expiresAt: Date, endedAt: Date? = nil,
-        endedBy: String? = nil, noPassword: Bool = true
+        endedBy: String? = nil, noPassword: Bool = true, coversLogin: Bool? = nil
     ) {
+        self.coversLogin = coversLogin ?? (scope.name != "commands")
         self.id = id
         self.requestID = requestID
         self.user = user
@@ -207,10 +213,14 @@ public struct Grant: Equatable, Sendable {
         self.noPassword = noPassword
     }
 
-    /// Whether this grant lets its user use a PAM service: every grant covers login; only sudo scopes
-    /// cover services named `sudo*` (sudo, sudo-i).
+    /// Whether this grant lets its user use a PAM service: login services need `coversLogin`; services
+    /// named `sudo*` (sudo, sudo-i) need a sudo scope.
     public func covers(service: String) -> Bool {
-        ServiceKind(service: service) == .login || scope.includesSudo
+        covers(ServiceKind(service: service))
+    }
+
+    public func covers(_ kind: ServiceKind) -> Bool {
+        kind == .login ? coversLogin : scope.includesSudo
     }
 
     public var fields: [(String, String)] {
@@ -221,7 +231,7 @@ public struct Grant: Equatable, Sendable {
         for c in scope.commands { f.append(("command", c)) }
         f += [
             ("runas", runAs), ("state", state.rawValue), ("starts_at", Timestamps.format(startsAt)),
-            ("expires_at", Timestamps.format(expiresAt)),
+            ("expires_at", Timestamps.format(expiresAt)), ("login", coversLogin ? "1" : "0"),
         ]
         if let d = endedAt { f.append(("ended_at", Timestamps.format(d))) }
         if let b = endedBy { f.append(("ended_by", b)) }

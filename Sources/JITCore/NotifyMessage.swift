@@ -45,13 +45,13 @@ public struct NotifyFacts: Sendable {
 
 /// Turns facts into each channel's form, escaping text from users for that channel.
 public enum NotifyRender {
-    /// One line of user text: control characters (CR, LF, tab, ESC, DEL, line and paragraph separators,
-    /// bidirectional overrides) become spaces, and it is cut at 2000 characters.
+    /// One line of user text: control characters (CR, LF, tab, ESC, DEL, C1), line and paragraph separators
+    /// and the whole Unicode format category (bidirectional marks and overrides, zero-width characters:
+    /// U+200B, U+200E, U+200F, U+061C, ...) become spaces, and it is cut at 2000 characters.
     public static func line(_ s: String) -> String {
         var out = String.UnicodeScalarView()
         for u in s.unicodeScalars.prefix(2000) {
-            let v = u.value
-            if v < 0x20 || v == 0x7f || (0x80...0x9f).contains(v) || v == 0x2028 || v == 0x2029 || (0x202a...0x202e).contains(v) || (0x2066...0x2069).contains(v) {
+            if FieldRules.isUnsafe(u) {
                 out.append(" ")
             } else {
                 out.append(u)
@@ -98,6 +98,7 @@ public enum NotifyRender {
         if let r = f.request {
             d.append(("Who", r.user, false))
             d.append(("What", r.scope.summary + (r.runAs.isEmpty || r.scope.name == "login" ? "" : " as \(r.runAs)"), true))
+            for w in CommandRisk.warnings(for: r.scope) { d.append(("WARNING", w, true)) }
             d.append(("Where", "\(r.environment) on \(f.host)", false))
             d.append(("Why", r.reason, true))
             d.append(("How long", Durations.format(r.duration), false))

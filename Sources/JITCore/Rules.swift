@@ -259,6 +259,9 @@ public struct Rule: Equatable, Sendable {
     /// The host must have every one of these labels.
     public var labels: [String] = []
     public var scopes: Set<String> = ["login"]
+    /// Whether this rule's grants also open login: only when it lists `login` in `scopes`, i.e. when the same
+    /// approval path would grant a login anyway (a commands- or sudo-only rule never opens ssh).
+    public var grantsLogin: Bool { scopes.contains("login") }
     /// With the `commands` scope: only these exact commands (empty: any command).
     public var commands: [String] = []
     public var runAs: [String] = ["root"]

@@ -83,6 +83,19 @@ import Testing
 
     @Test func plainTextLinesAreSanitised() {
         #expect(NotifyRender.line("a\r\nb\u{1b}[31mc\u{202e}d") == "a  b [31mc d")
+        // The whole format category, as the terminal cleaner does (issue 13).
+        #expect(NotifyRender.line("a\u{200b}b\u{200e}c\u{200f}d\u{061c}e\u{2066}f\u{feff}g\u{85}h") == "a b c d e f g h")
+    }
+
+    @Test func requestsForProgramsWithShellEscapesWarnApprovers() {
+        let r = AccessRequest(user: "alice", uid: 1, environment: "production", scope: .commands(["/usr/bin/vim /etc/hosts", "/usr/bin/id"]), runAs: "root",
+                              duration: 60, reason: "x", createdAt: Date(), expiresAt: Date())
+        let f = NotifyFacts(eventID: 1, event: .request, kind: "request.filed", at: Date(), host: "db1", environment: "production", actor: "alice",
+                            user: "alice", request: r, approverGroups: ["jit-approvers"])
+        #expect(NotifyRender.plain(f).contains("WARNING: /usr/bin/vim /etc/hosts: vim is an editor"))
+        #expect(r.fields.filter { $0.0 == "warning" }.count == 1)
+        #expect(CommandRisk.warnings(for: .commands(["/usr/bin/python3.11 -c x", "/bin/less /var/log/syslog", "/usr/bin/find /"])).count == 3)
+        #expect(CommandRisk.warnings(for: .commands(["/usr/bin/systemctl restart nginx", "/usr/bin/id"])).isEmpty)
     }
 
     @Test func addresses() {

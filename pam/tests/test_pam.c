@@ -264,6 +264,7 @@ struct tcase {
 	int root_only;
 	enum stack stack;
 	int kill_ms, intr_ms;   /* run in a child; SIGKILL / SIGINT after this many ms */
+	int preauth;            /* sshd before any method passed: SSH_AUTH_INFO_0 empty (1) or absent (2) */
 };
 
 #define ANY -1
@@ -437,6 +438,9 @@ static int run_pam(const struct run *R, const struct tcase *t, const char *user,
 		return 1000 + rc;
 	pam_set_item(pamh, PAM_RHOST, "203.0.113.7");
 	pam_set_item(pamh, PAM_TTY, strcmp(t->service, "sshd") == 0 ? "ssh" : "/dev/pts/9");
+	/* As sshd does: the methods that already passed (a key), or none yet. */
+	if (strcmp(t->service, "sshd") == 0 && t->preauth != 2)
+		pam_putenv(pamh, t->preauth ? "SSH_AUTH_INFO_0=" : "SSH_AUTH_INFO_0=publickey ssh-ed25519 AAAAC3Nz\n");
 	switch (t->op) {
 	case OP_ACCT: rc = pam_acct_mgmt(pamh, 0); break;
 	case OP_AUTH: rc = pam_authenticate(pamh, 0); break;
@@ -835,6 +839,17 @@ static const struct tcase cases[] = {
 	{ .name = "auth sshd: conversation fails, nothing filed", .op = OP_AUTH, .service = "sshd",
 	  .args = "timeout=5", .agent = A("file"), .answers = { "!fail" }, .want = PAM_AUTH_ERR,
 	  .max_ms = 1000, NOMSG, .log_lacks = "file=1", .root_only = 1 },
+	{ .name = "auth sshd: no method passed yet: asks nothing, files nothing", .op = OP_AUTH,
+	  .service = "sshd", .args = "timeout=5", .agent = A("file"), .answers = { "not me" },
+	  .want = IGNORED, .max_ms = 1000, .prompts = 0, .infos = 0, .errors = 0, .log_lacks = "REQ",
+	  .preauth = 1, .root_only = 1 },
+	{ .name = "auth sshd: no SSH_AUTH_INFO_0 at all: asks nothing", .op = OP_AUTH,
+	  .service = "sshd", .args = "timeout=5", .agent = A("file"), .answers = { "not me" },
+	  .want = IGNORED, .max_ms = 1000, .prompts = 0, .infos = 0, .errors = 0, .log_lacks = "REQ",
+	  .preauth = 2, .root_only = 1 },
+	{ .name = "account sshd: runs after authentication, files", .op = OP_ACCT, .service = "sshd",
+	  .agent = A("pending"), .want = PAM_PERM_DENIED, .max_ms = 1000, NOMSG,
+	  .log_has = { "file=1" }, .preauth = 1, .root_only = 1 },
 	{ .name = "auth sudo: no prompt, told it waits, approved", .op = OP_AUTH, .service = "sudo",
 	  .args = "timeout=5", .agent = A("file") " --wait allow --wait-delay-ms 200",
 	  .want = PAM_SUCCESS, .max_ms = 2000, .min_ms = 150, .prompts = 0, .infos = 2, .errors = 0,

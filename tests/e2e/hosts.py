@@ -78,10 +78,14 @@ class Sshd:
         os.symlink("/usr/sbin/sshd", self.binary)
         self.log = os.path.join(self.dir, "sshd.log")
 
-    def configure(self, account_args, kbdint=False, auth_args=None, session=True, grace=60):
-        """Writes the PAM service file and sshd_config. account_args: the pam_jit arguments for the account line."""
+    def configure(self, account_args, kbdint=False, auth_args=None, session=True, grace=60, methods=None, auth_lines=None):
+        """Writes the PAM service file and sshd_config. account_args: the pam_jit arguments for the account line.
+        methods: sshd's AuthenticationMethods (default: publickey, or publickey,keyboard-interactive with kbdint);
+        auth_lines: the auth stack to write instead of the default one."""
         lines = []
-        if kbdint:
+        if auth_lines is not None:
+            lines += auth_lines
+        elif kbdint:
             # Users here have no password: the key is mandatory (AuthenticationMethods publickey,keyboard-interactive),
             # and keyboard-interactive only carries the jit conversation (pam_jit(8), "users without passwords").
             lines.append(f"auth [success=done ignore=ignore default=die] {PAM} {auth_args or account_args}")
@@ -102,7 +106,7 @@ UsePAM yes
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication {"yes" if kbdint else "no"}
-AuthenticationMethods {"publickey,keyboard-interactive" if kbdint else "publickey"}
+AuthenticationMethods {methods or ("publickey,keyboard-interactive" if kbdint else "publickey")}
 AuthorizedKeysFile {self.dir}/authorized/%u
 # The test's keys sit in a root-owned 0755 folder under /tmp (1777), which StrictModes would refuse.
 StrictModes no
