@@ -143,7 +143,7 @@ def test_a_users_check_flood_is_rate_limited_and_counted(agent, people, etc):
     """Finding 4: a user's own checks (short ones) as fast as 4 threads can send them for 3 s. They are
     refused past limits.checks_per_second, the refusals are one audit event with the count and the user,
     the agent's memory stays bounded, and another user's valid grant is admitted during the flood."""
-    agent.write_config(base_config("limits:\n  checks_per_second: 50\n"))
+    # The default limits (limits.checks_per_second: 20).
     agent.start()
     alice, bob, carol = people["alice"], people["bob"], people["carol"]
     grant_login(agent, carol, bob)
@@ -235,27 +235,27 @@ def test_a_journal_backlog_never_keeps_the_agent_away(agent, people):
 # ---------- finding 10: request caps and notification fairness ----------
 
 def test_pending_requests_are_capped_and_filing_is_rate_limited(agent, people):
-    agent.write_config(base_config("limits:\n  pending_per_user: 3\n  requests_per_minute: 5\n"))
+    """Finding 10: with the default limits (limits.pending_per_user: 5, limits.requests_per_minute: 10) a user
+    cannot pile up requests (before: 500 pending with 900-byte reasons in 1.4 s), and another user can still file."""
     agent.start()
-    alice, carol, bob = people["alice"], people["carol"], people["bob"]
+    alice, carol = people["alice"], people["carol"]
     ids = []
-    for _ in range(3):
+    for _ in range(5):
         p = agent.jit(alice, "request", "--for", "10m", "--reason", "x" * 900, "--json")
         assert p.returncode == 0, p.stderr
         ids.append(json.loads(p.stdout)["id"])
     p = agent.jit(alice, "request", "--for", "10m", "--reason", "x")
     assert p.returncode != 0 and "limits.pending_per_user" in p.stderr, p.stderr
-    # carol is not held back by alice.
     assert agent.jit(carol, "request", "--for", "10m", "--reason", "x").returncode == 0
-    # Cancelling frees a place; the rate limit still holds.
+    # Cancelling frees places; the rate limit still holds (every attempt counts, refused ones too: 5 filed,
+    # 1 refused, 4 more filed = 10 in the minute).
     for i in ids:
         assert agent.jit(alice, "cancel", str(i)).returncode == 0
-    ok = [agent.jit(alice, "request", "--for", "10m", "--reason", "x").returncode for _ in range(2)]
-    assert ok == [0, 0]
-    for i in [r["id"] for r in agent.jit_json(alice, "list", "--pending")]:
-        agent.jit(alice, "cancel", str(i))
+    for _ in range(4):
+        assert agent.jit(alice, "request", "--for", "10m", "--reason", "x").returncode == 0
     p = agent.jit(alice, "request", "--for", "10m", "--reason", "x")
     assert p.returncode != 0 and "limits.requests_per_minute" in p.stderr, p.stderr
+    assert agent.jit(carol, "request", "--for", "10m", "--reason", "y").returncode == 0
 
 
 def test_a_slow_channel_never_delays_another_channels_notification(agent, people):
@@ -266,7 +266,7 @@ def test_a_slow_channel_never_delays_another_channels_notification(agent, people
     slow.mode = "hang"
     fast = Receiver().start()
     cfg = notify_config(agent.tmp, hook_port=slow.port, slack_port=fast.port, timeout="5s")
-    agent.write_config(cfg + "limits:\n  pending_per_user: 5\n  requests_per_minute: 10\n")
+    agent.write_config(cfg)
     try:
         agent.start()
         alice, carol = people["alice"], people["carol"]
@@ -276,10 +276,9 @@ def test_a_slow_channel_never_delays_another_channels_notification(agent, people
         t0 = time.time()
         p = agent.jit(carol, "request", "--for", "10m", "--reason", "real", "--json")
         rid = json.loads(p.stdout)["id"]
-        got = wait_for(lambda: [x for x in fast.acked() if f'"id":{rid}'.encode() in x["body"].replace(b" ", b"")
-                                or f"request {rid}".encode() in x["body"]], 10, 0.05)
+        got = wait_for(lambda: [x for x in fast.acked() if f"jit approve {rid}`".encode() in x["body"]], 10, 0.05)
         took = time.time() - t0
-        assert got, agent.read_log()
+        assert got, agent.read_log() + repr([x["body"][:300] for x in fast.posts])
         assert took < 3, f"carol's notification took {took:.1f}s behind a slow channel"
     finally:
         slow.stop()
@@ -306,9 +305,9 @@ def test_revoke_ends_every_process_of_the_session(agent, people, sshd, procs):
     procs.append(b)
     assert a.stdout.readline().strip() == b"READY"
     assert b.stdout.readline().strip() == b"READY"
-    assert wait_for(lambda: len(user_procs(alice, "sleep 100[1-5]")) == 5, 10), run(["ps", "-fu", alice]).stdout
+    assert wait_for(lambda: len(user_procs(alice, "^sleep 100[1-5]$")) == 5, 10), run(["ps", "-fu", alice]).stdout
     assert agent.jit(bob, "revoke", str(gid)).returncode == 0
-    left = wait_for(lambda: not user_procs(alice, "sleep 100[1-5]"), 10)
+    left = wait_for(lambda: not user_procs(alice, "^sleep 100[1-5]$"), 10)
     assert left, "still running after the revoke: " + run(["ps", "-fu", alice]).stdout
     assert "holds no grant any more" in agent.read_log()
 
