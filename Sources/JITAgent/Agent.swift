@@ -49,8 +49,9 @@ public final class Agent: Sendable {
         self.overrides = overrides
         let store = try Store(path: config.database)
         let fx = effects?(config, logger, store) ?? NoEffects()
+        // The journal's backlog is ingested in the background once the socket is bound (`shipAudit`): a
+        // big backlog never keeps the agent from answering.
         let journal = try CheckJournal(store: store)
-        journal.ingest()
         engine = Engine(config: config, store: store, directory: CachingDirectory(), effects: fx, logger: logger, journal: journal)
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
@@ -105,11 +106,12 @@ public final class Agent: Sendable {
             server.stop()
             engine.schedulerWaker.wake()
             engine.store.appended.wake()
-            engine.journal?.ingest()
+            // Bounded work at stop: what is not ingested or shipped now stays for the next start.
+            engine.journal?.finish(within: 2)
             engine.store.outboxWaker.wake()
             engine.sealer.seal("stop")
             notifications.transport.shutdown()
-            trail.ship()
+            trail.ship(until: Date().addingTimeInterval(1))
             trail.announceHead()
             return 0
         }
@@ -147,15 +149,17 @@ public final class Agent: Sendable {
         trail.archive(sealer: engine.sealer)
         var nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
         while !stopped.load(ordering: .sequentiallyConsistent) {
-            engine.journal?.ingest()
+            // In slices, so a big backlog (after a restart) still lets syslog, heads and stop run between.
+            let more = (engine.journal?.ingest(until: Date().addingTimeInterval(1)) ?? 0) > 0
             // Sealing is timed work here, never on the check path: the seal closing an epoch comes as it ends.
             let nextSeal = engine.sealer.tick()
-            trail.ship()
+            trail.ship(until: Date().addingTimeInterval(1))
             if Date() >= nextHead {
                 trail.announceHead()
                 trail.archive(sealer: engine.sealer)
                 nextHead = Date().addingTimeInterval(Double(engine.config.audit.headInterval))
             }
+            if more && engine.journal.map({ $0.backlogBytes > 0 }) == true { continue }
             let wake = min(nextHead, nextSeal ?? nextHead)
             engine.store.appended.wait(timeout: max(0.01, wake.timeIntervalSinceNow))
             // Let a burst of checks gather so one transaction ingests them all.
@@ -166,7 +170,7 @@ public final class Agent: Sendable {
     /// The notifier: a pass whenever the store changes or the next retry falls due (at least every 30 s).
     func deliverNotifications() {
         while !stopped.load(ordering: .sequentiallyConsistent) {
-            let next = notifications.runOnce()
+            let next = notifications.runOnce(wait: false)
             let wait = min(30, max(0.01, next?.timeIntervalSinceNow ?? 30))
             engine.store.outboxWaker.wait(timeout: wait)
         }

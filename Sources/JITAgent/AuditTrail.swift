@@ -1,5 +1,5 @@
 import CJITSys
-import Foundation
+public import Foundation
 public import JITCore
 public import Logging
 import Synchronization
@@ -76,11 +76,12 @@ public final class AuditTrail: Sendable {
     }
 
     /// Sends every event after the syslog cursor; the cursor only moves past what was sent.
-    public func ship() {
-        shipping.withLock { _ in shipLocked() }
+    /// `until`: stop after the batch that passes this time (the cursor keeps the rest for later).
+    public func ship(until: Date? = nil) {
+        shipping.withLock { _ in shipLocked(until: until) }
     }
 
-    func shipLocked() {
+    func shipLocked(until: Date?) {
         let s = settings.withLock { $0 }
         guard s.syslog else { return }
         do {
@@ -89,7 +90,7 @@ public final class AuditTrail: Sendable {
                 // First run: start from the events the agent keeps now.
                 after = try store.events(Store.AuditQuery(limit: 1)).first.map { $0.id - 1 } ?? 0
             }
-            while true {
+            while until.map({ Date() < $0 }) ?? true {
                 let batch = try store.events(Store.AuditQuery(after: after, limit: 500))
                 if batch.isEmpty { return }
                 var last = after!

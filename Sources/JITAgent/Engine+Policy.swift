@@ -33,6 +33,7 @@ extension Engine {
             expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: a.rule.name, rhost: d.rhost, service: d.service,
             ticket: draft.ticket, extends: extending?.id)
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
+        try admitFiling(for: who)
         if a.automatic {
             let rule = a.rule
             let dec = try store.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword,
@@ -47,7 +48,10 @@ extension Engine {
             schedulerWaker.wake()
             return dec
         }
-        let stored = try store.insertRequest(r)
+        let stored = try filingLock.withLock { _ throws(JITError) in
+            try admitPending(for: who, cap: cfg.limits.pendingPerUser)
+            return try store.insertRequest(r)
+        }
         let groups = a.rule.tiers.first?.groups ?? []
         logger.info("request \(stored.id) filed by \(who.name) under rule '\(a.rule.name)': \(what) for \(Durations.format(stored.duration)); approvers notified: \(groups.joined(separator: ", "))")
         notifier.notify(.filed(stored, approverGroups: groups))

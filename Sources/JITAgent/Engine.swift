@@ -48,6 +48,11 @@ public final class Engine: Sendable {
     let waiters = Mutex<[Int64: [Waker]]>([:])
     /// Woken whenever a new deadline may be earlier than the one the scheduler sleeps towards.
     public let schedulerWaker = Waker()
+    /// Per-user budgets (`limits:`): non-root checks by peer uid, filings by the requesting user.
+    let checkBudget = Mutex(RateBuckets<UInt32>())
+    let filingBudget = Mutex(RateBuckets<String>())
+    /// Held from counting a user's pending requests to storing a new one, so the cap holds under concurrency.
+    let filingLock = Mutex<Void>(())
 
     public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
                 effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd"),
@@ -98,6 +103,7 @@ public final class Engine: Sendable {
             case "check":
                 try m.onlyKeys(Engine.checkKeys)
                 guard c.isRoot else { throw refuseModuleQuestion(m, from: c) }
+                try admitCheck(from: c, user: m["user"] ?? "")
                 return auditCheck(m, user: m["user"] ?? "", reply: try check(m, c))
             case "cancel":
                 try m.onlyKeys(["request"])

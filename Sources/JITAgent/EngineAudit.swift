@@ -9,7 +9,7 @@ extension Engine {
     /// being killed once this returns, and the reply is sent after. Failing to record fails the check closed.
     func auditCheck(_ m: Message, user: String, reply: Message) -> Message {
         let decision = reply["decision"] ?? "deny"
-        guard decision != "ignore" else { return reply }
+        guard decision != "ignore", !dropUnrecorded(decision: decision, user: user) else { return reply }
         var data: [(String, String)] = [("service", m["service"] ?? ""), ("decision", decision)]
         for k in ["rhost", "tty", "pid", "command"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
         if decision != "allow", let msg = reply["message"] { data.append(("why", msg)) }
@@ -66,7 +66,8 @@ extension Engine {
             switch m.word {
             case "audit":
                 try m.onlyKeys(["since", "until", "user", "grant", "after"])
-                journal?.ingest()
+                // Bounded: a reader never waits for a whole backlog (the background ingest goes on).
+                journal?.ingest(until: Date().addingTimeInterval(2))
                 var q = Store.AuditQuery(limit: Store.pageSize + 1)
                 if let s = m["since"] { q.since = try time(s, "since") }
                 if let u = m["until"] { q.until = try time(u, "until") }

@@ -25,6 +25,11 @@ public final class Notifications: Sendable {
     let members: @Sendable (String) -> [String]
     /// One pass at a time (the thread, and tests).
     let running = Mutex<Void>(())
+    /// Channels whose delivery worker is running: each channel delivers on its own, so a slow or dead
+    /// channel never delays another channel's messages.
+    let busy = Mutex<Set<String>>([])
+    /// Deliveries in flight at once within one channel.
+    static let lanes = 4
 
     public init(engine: Engine, transport: (any NotifyTransport)? = nil, hostname: String? = nil,
                 members: (@Sendable (String) -> [String])? = nil) {
@@ -58,19 +63,23 @@ public final class Notifications: Sendable {
 
     /// One pass: expand the queue, send what is due, notice grants about to end. Returns when the next
     /// thing falls due (nil: nothing scheduled).
+    /// `wait`: return only when this pass's deliveries are done (tests); the agent's thread does not wait,
+    /// so new events are expanded and other channels served while a slow channel is still delivering.
     @discardableResult
-    public func runOnce() -> Date? {
+    public func runOnce(wait: Bool = true) -> Date? {
         running.withLock { _ in
             let cfg = engine.config
             expand(cfg)
-            deliverDue(cfg)
+            let workers = deliverDue(cfg)
+            if wait { workers.wait() }
             var next: Date? = nil
             do {
                 if cfg.notify.wantsExpiring, cfg.notify.expiryNotice > 0 {
                     next = try engine.store.noticeExpiring(window: cfg.notify.expiryNotice, now: engine.clock.now())
                     expand(cfg)
                 }
-                if let d = try engine.store.nextOutboxDue(), next == nil || d < next! { next = d }
+                let skip = busy.withLock { $0 }
+                if let d = try engine.store.nextOutboxDue(excluding: skip), next == nil || d < next! { next = d }
             } catch {
                 engine.logger.error("notify: \((error as? JITError)?.message ?? "\(error)")")
             }
@@ -160,41 +169,62 @@ public final class Notifications: Sendable {
 
     // MARK: delivering
 
-    func deliverDue(_ cfg: Config) {
-        let rows: [Store.OutboxRow]
-        do { rows = try engine.store.dueOutbox(now: engine.clock.now()) } catch {
+    /// Starts one worker per channel with messages due (unless that channel's worker still runs); each
+    /// delivers up to `lanes` messages at once. Returns the group to wait on.
+    func deliverDue(_ cfg: Config) -> DispatchGroup {
+        let group = DispatchGroup()
+        let channels: [String]
+        do { channels = try engine.store.dueChannels(now: engine.clock.now()) } catch {
             engine.logger.error("notify: \(error.message)")
-            return
+            return group
         }
-        for row in rows {
-            let attempts = row.attempts + 1
-            let result: DeliveryResult
-            if let ch = cfg.notify.channel(named: row.channel) {
-                result = transport.deliver(row, via: ch, timeout: cfg.notify.timeout)
-            } else {
-                result = .failed("the channel '\(row.channel)' is no longer in the config")
-            }
-            let now = engine.clock.now()
-            do {
-                switch result {
-                case .sent:
-                    try engine.store.markSent(row.id, attempts: attempts, at: now)
-                    engine.logger.info("notify: \(row.kind) (event \(row.auditID)) delivered to '\(row.channel)'\(attempts > 1 ? " after \(attempts) attempts" : "")")
-                case .failed(let why):
-                    let age = now.timeIntervalSince(row.createdAt)
-                    let gone = cfg.notify.channel(named: row.channel) == nil
-                    if gone || age >= Double(cfg.notify.giveUpAfter) || (cfg.notify.maxAttempts.map { attempts >= $0 } ?? false) {
-                        try engine.store.markFailed(row, attempts: attempts, error: why, at: now)
-                        engine.logger.error("notify: gave up on \(row.kind) (event \(row.auditID)) to '\(row.channel)' after \(attempts) attempts: \(why)")
-                    } else {
-                        let wait = NotifyBackoff.delay(afterAttempt: attempts, cap: cfg.notify.maxBackoff)
-                        try engine.store.markRetry(row.id, attempts: attempts, next: now.addingTimeInterval(Double(wait)), error: why)
-                        engine.logger.warning("notify: \(row.kind) (event \(row.auditID)) to '\(row.channel)' failed (attempt \(attempts)): \(why); retrying in \(wait) s")
-                    }
-                }
-            } catch {
+        for name in channels {
+            guard busy.withLock({ $0.insert(name).inserted }) else { continue }
+            let rows: [Store.OutboxRow]
+            do { rows = try engine.store.dueOutbox(now: engine.clock.now(), channel: name, limit: 50) } catch {
+                busy.withLock { _ = $0.remove(name) }
                 engine.logger.error("notify: \(error.message)")
+                continue
             }
+            DispatchQueue.global().async(group: group) { [self] in
+                DispatchQueue.concurrentPerform(iterations: min(Notifications.lanes, rows.count)) { lane in
+                    for i in stride(from: lane, to: rows.count, by: Notifications.lanes) { deliver(rows[i], cfg) }
+                }
+                busy.withLock { _ = $0.remove(name) }
+                engine.store.outboxWaker.wake()
+            }
+        }
+        return group
+    }
+
+    func deliver(_ row: Store.OutboxRow, _ cfg: Config) {
+        let attempts = row.attempts + 1
+        let result: DeliveryResult
+        if let ch = cfg.notify.channel(named: row.channel) {
+            result = transport.deliver(row, via: ch, timeout: cfg.notify.timeout)
+        } else {
+            result = .failed("the channel '\(row.channel)' is no longer in the config")
+        }
+        let now = engine.clock.now()
+        do {
+            switch result {
+            case .sent:
+                try engine.store.markSent(row.id, attempts: attempts, at: now)
+                engine.logger.info("notify: \(row.kind) (event \(row.auditID)) delivered to '\(row.channel)'\(attempts > 1 ? " after \(attempts) attempts" : "")")
+            case .failed(let why):
+                let age = now.timeIntervalSince(row.createdAt)
+                let gone = cfg.notify.channel(named: row.channel) == nil
+                if gone || age >= Double(cfg.notify.giveUpAfter) || (cfg.notify.maxAttempts.map { attempts >= $0 } ?? false) {
+                    try engine.store.markFailed(row, attempts: attempts, error: why, at: now)
+                    engine.logger.error("notify: gave up on \(row.kind) (event \(row.auditID)) to '\(row.channel)' after \(attempts) attempts: \(why)")
+                } else {
+                    let wait = NotifyBackoff.delay(afterAttempt: attempts, cap: cfg.notify.maxBackoff)
+                    try engine.store.markRetry(row.id, attempts: attempts, next: now.addingTimeInterval(Double(wait)), error: why)
+                    engine.logger.warning("notify: \(row.kind) (event \(row.auditID)) to '\(row.channel)' failed (attempt \(attempts)): \(why); retrying in \(wait) s")
+                }
+            }
+        } catch {
+            engine.logger.error("notify: \(error.message)")
         }
     }
 }

@@ -84,11 +84,23 @@ extension Store {
         }
     }
 
-    /// Pending messages whose time has come, oldest first.
-    public func dueOutbox(now: Date, limit: Int = 100) throws(JITError) -> [OutboxRow] {
+    /// Pending messages whose time has come, oldest first (of one channel when given).
+    public func dueOutbox(now: Date, channel: String? = nil, limit: Int = 100) throws(JITError) -> [OutboxRow] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM outbox WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?",
-                             arguments: [Timestamps.millis(now), limit]).map(Store.outboxRow)
+            if let channel {
+                return try Row.fetchAll(db, sql: "SELECT * FROM outbox WHERE state = 'pending' AND channel = ? AND next_at <= ? ORDER BY next_at, id LIMIT ?",
+                                        arguments: [channel, Timestamps.millis(now), limit]).map(Store.outboxRow)
+            }
+            return try Row.fetchAll(db, sql: "SELECT * FROM outbox WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?",
+                                    arguments: [Timestamps.millis(now), limit]).map(Store.outboxRow)
+        }
+    }
+
+    /// The channels that have messages due now.
+    public func dueChannels(now: Date) throws(JITError) -> [String] {
+        try read { db in
+            try String.fetchAll(db, sql: "SELECT DISTINCT channel FROM outbox WHERE state = 'pending' AND next_at <= ? ORDER BY channel",
+                                arguments: [Timestamps.millis(now)])
         }
     }
 
@@ -131,9 +143,13 @@ extension Store {
     }
 
     /// When the next pending message is due.
-    public func nextOutboxDue() throws(JITError) -> Date? {
+    /// `excluding`: channels whose worker is still busy (it wakes the notifier when it is done).
+    public func nextOutboxDue(excluding: Set<String> = []) throws(JITError) -> Date? {
         try read { db in
-            try Int64.fetchOne(db, sql: "SELECT min(next_at) FROM outbox WHERE state = 'pending'").map(Timestamps.date(millis:))
+            let skip = Array(excluding)
+            let marks = skip.map { _ in "?" }.joined(separator: ", ")
+            let sql = "SELECT min(next_at) FROM outbox WHERE state = 'pending'" + (skip.isEmpty ? "" : " AND channel NOT IN (\(marks))")
+            return try Int64.fetchOne(db, sql: sql, arguments: StatementArguments(skip)).map(Timestamps.date(millis:))
         }
     }
 

@@ -11,12 +11,18 @@ import Glibc
 /// request and reply, so blocking I/O bounded by poll() is the simplest correct design and costs no event
 /// loop hop (see README, "Why plain sockets"). A waiting client parks its thread in poll() on its socket
 /// and an eventfd that the decision itself pokes. Every read and write has a deadline; connections are
-/// capped overall and per user, so one slow or malicious client cannot delay or starve the others.
+/// capped overall and per peer uid, and waits are capped per user they are about (the module inside sudo
+/// or sshd connects as root, so the peer says nothing about whose wait it is), per request and in all, to
+/// half the connections: the other half is always there for quick checks and commands, so one user's
+/// flood never denies another user, an approver's `jit`, or an ungated user (`limits:` in jit.yaml).
 public final class Server: Sendable {
     public let engine: Engine
     public let path: String
-    public let maxConnections: Int
-    public let maxPerUser: Int
+    /// Fixed caps for tests; nil: `limits:` from the engine's config (reloaded with it).
+    let fixedLimits: LimitSettings?
+    var limits: LimitSettings { fixedLimits ?? engine.config.limits }
+    public var maxConnections: Int { limits.connections }
+    public var maxPerUser: Int { limits.connectionsPerUser }
     /// How long a client may take to send a frame it started, and to receive a reply.
     public let ioTimeout: Double
     /// How long an idle connection may sit between frames.
@@ -27,12 +33,13 @@ public final class Server: Sendable {
     /// Accepted connections waiting for a worker, and how many workers wait for one.
     let jobs = Mutex<(fds: [(Int32, UInt32)], idle: Int)>(([], 0))
     let jobSignal = DispatchSemaphore(value: 0)
+    /// Waiting clients: by the user the wait is about, by request, and in all.
+    let waiting = Mutex<(total: Int, perUser: [String: Int], perRequest: [Int64: Int], logged: Set<Int64>)>((0, [:], [:], []))
 
-    public init(engine: Engine, path: String, maxConnections: Int = 512, maxPerUser: Int = 32, ioTimeout: Double = 5, idleTimeout: Double = 30) {
+    public init(engine: Engine, path: String, limits: LimitSettings? = nil, ioTimeout: Double = 5, idleTimeout: Double = 30) {
         self.engine = engine
         self.path = path
-        self.maxConnections = maxConnections
-        self.maxPerUser = maxPerUser
+        self.fixedLimits = limits
         self.ioTimeout = ioTimeout
         self.idleTimeout = idleTimeout
     }
@@ -118,9 +125,10 @@ public final class Server: Sendable {
             if cfd < 0 { continue }
             var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
             guard cjit_peercred(cfd, &pid, &uid, &gid) == 0 else { close(cfd); continue }
+            let l = limits
             let admitted = open.withLock { o -> Bool in
-                if o.total >= maxConnections { return false }
-                if uid != 0 && o.perUID[uid, default: 0] >= maxPerUser { return false }
+                if o.total >= l.connections { return false }
+                if uid != 0 && o.perUID[uid, default: 0] >= l.connectionsPerUser { return false }
                 o.total += 1
                 o.perUID[uid, default: 0] += 1
                 return true
@@ -229,6 +237,16 @@ public final class Server: Sendable {
         }
         let cancelOnClose: Bool
         do { cancelOnClose = try m.bool("cancel_on_close") } catch { return .error(error.code, error.message) }
+        // Whose wait this is: the request's user, not the peer (root inside sudo and sshd).
+        let owner: String
+        do {
+            switch try engine.waitState(id: id, caller: caller) {
+            case .decided(let reply): return reply
+            case .pending(let r): owner = r.user
+            }
+        } catch { return .error(error.code, error.message) }
+        if let refusal = admitWait(id: id, user: owner) { return refusal }
+        defer { endWait(id: id, user: owner) }
         let waker = Waker()
         engine.register(waker, for: id)
         defer { engine.unregister(waker, for: id) }
@@ -257,6 +275,49 @@ public final class Server: Sendable {
             }
         }
     }
+}
+
+extension Server {
+    /// Takes a wait slot for `user` on request `id`, or returns the refusal: a denial for this client only
+    /// (never an error reply, which `failmode=safe` would turn into a pass).
+    func admitWait(id: Int64, user: String) -> Message? {
+        let l = limits
+        let why = waiting.withLock { w -> String? in
+            if w.perRequest[id, default: 0] >= l.waitsPerRequest {
+                return "\(l.waitsPerRequest) clients already wait for request \(id); wait in one of them"
+            }
+            if w.perUser[user, default: 0] >= l.waitsPerUser {
+                return "\(l.waitsPerUser) clients already wait for \(user)'s requests; wait in one of them"
+            }
+            if w.total >= l.waits { return "jitd has \(l.waits) waiting clients already" }
+            w.total += 1
+            w.perUser[user, default: 0] += 1
+            w.perRequest[id, default: 0] += 1
+            return nil
+        }
+        guard let why else { return nil }
+        // Logged once per request while its waits are full, so a flood cannot flood the log too.
+        if waiting.withLock({ $0.logged.insert(id).inserted }) {
+            engine.logger.warning("waits for request \(id) of \(user) refused from now on: \(why)")
+        }
+        return Message("ok", [("decision", "deny"), ("request", String(id)), ("state", "pending"),
+                              ("message", "\(why); the request stays pending (an approver runs: jit approve \(id)), try again once it is decided")])
+    }
+
+    func endWait(id: Int64, user: String) {
+        waiting.withLock { w in
+            w.total -= 1
+            w.perUser[user, default: 1] -= 1
+            if w.perUser[user] == 0 { w.perUser[user] = nil }
+            w.perRequest[id, default: 1] -= 1
+            if w.perRequest[id] == 0 {
+                w.perRequest[id] = nil
+                w.logged.remove(id)
+            }
+        }
+    }
+
+    public var waitingClients: Int { waiting.withLock { $0.total } }
 }
 
 /// One client connection: framed reads and writes, each bounded by a deadline.

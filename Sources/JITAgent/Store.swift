@@ -380,6 +380,11 @@ public final class Store: Sendable {
     /// from a cache of the active grants that every committed change through `write` invalidates (jitd is the
     /// database's only writer), so a revocation or expiry is seen by the very next check.
     public func coveringGrant(user: String, kind: ServiceKind, now: Date) throws(JITError) -> Grant? {
+        try coveringGrants(user: user, kind: kind, now: now).max { $0.expiresAt < $1.expiresAt }
+    }
+
+    /// Every active grant of `user` that covers `kind` now.
+    public func coveringGrants(user: String, kind: ServiceKind, now: Date) throws(JITError) -> [Grant] {
         let gen = generation.load(ordering: .sequentiallyConsistent)
         var mine = grantCache.withLock { c -> [Grant]? in
             guard let c, c.gen == gen else { return nil }
@@ -395,7 +400,6 @@ public final class Store: Sendable {
         }
         return mine!
             .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) }
-            .max { $0.expiresAt < $1.expiresAt }
     }
 
     /// Ends an active grant as expired or revoked.

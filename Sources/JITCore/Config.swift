@@ -82,6 +82,8 @@ public struct Config: Equatable, Sendable {
     public var audit = AuditSettings()
     /// Notification channels (`notify:`); none by default.
     public var notify = NotifySettings()
+    /// What one user may take of the agent (`limits:`).
+    public var limits = LimitSettings()
     public var policy = Policy()
 
     public init() {}
@@ -128,7 +130,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "policy", "rules", "break_glass"], path: "")
+        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "limits", "policy", "rules", "break_glass"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -143,6 +145,7 @@ public struct Config: Equatable, Sendable {
             case "reconcile_interval": c.reconcileInterval = try r.duration(value, path: key, ceiling: 60)
             case "audit": c.audit = try parseAudit(value, r: r)
             case "notify": c.notify = try parseNotify(value, r: r)
+            case "limits": c.limits = try parseLimits(value, r: r)
             case "policy":
                 let rules = c.policy.rules, bg = c.policy.breakGlass
                 c.policy = try parsePolicy(value, r: r)

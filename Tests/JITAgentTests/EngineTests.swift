@@ -280,7 +280,10 @@ typealias D = FakeDirectory
 
 @Suite struct PagingTests {
     @Test func longListingsComeInPagesThatFitAFrame() throws {
-        let h = try Harness()
+        let h = try Harness { c in
+            c.limits.pendingPerUser = 1000
+            c.limits.requestsPerMinute = 6000
+        }
         let reason = String(repeating: "é", count: 490)
         for _ in 0..<250 {
             #expect(h.call(D.alice, "request", [("for", "60"), ("reason", reason)]).isOK)

@@ -12,13 +12,15 @@ final class LiveServer {
     let server: Server
     let thread: Thread
 
-    init(ioTimeout: Double = 0.5, idleTimeout: Double = 1, maxPerUser: Int = 32) throws {
+    init(ioTimeout: Double = 0.5, idleTimeout: Double = 1, maxPerUser: Int = 32, limits: LimitSettings? = nil) throws {
         h = try Harness()
         // The peer is this test process: map its uid to root so every operation is reachable.
         let me = Identity(uid: getuid(), name: "tester", groups: ["jit-approvers"])
         let dir = FakeDirectory(users: FakeDirectory.standard.users.filter { $0.uid != getuid() } + [me])
         let engine = Engine(config: h.engine.config, store: h.engine.store, clock: SystemClock(), directory: dir, effects: h.effects, sessions: h.sessions)
-        server = Server(engine: engine, path: h.dir.file("s.sock"), maxPerUser: maxPerUser, ioTimeout: ioTimeout, idleTimeout: idleTimeout)
+        var l = limits ?? LimitSettings()
+        if limits == nil { l.connectionsPerUser = maxPerUser }
+        server = Server(engine: engine, path: h.dir.file("s.sock"), limits: l, ioTimeout: ioTimeout, idleTimeout: idleTimeout)
         try server.bind()
         let s = server
         thread = Thread { s.serve() }
@@ -170,6 +172,34 @@ final class LiveServer {
         defer { fds.forEach { close($0) } }
         Thread.sleep(forTimeInterval: 0.2)
         #expect(s.call(Message("hello"))?["code"] == "busy")
+    }
+
+    /// Finding 3: waits count against the user they are about, whoever the peer is (root here), per request
+    /// and per user; a refused wait is a denial for that client only, and a check still answers at once.
+    @Test func waitsAreCappedPerRequestAndPerUser() throws {
+        var l = LimitSettings()
+        l.waitsPerRequest = 2
+        l.waitsPerUser = 3
+        let s = try LiveServer(limits: l)
+        let id = try s.h.file()
+        var fds: [Int32] = []
+        defer { fds.forEach { close($0) } }
+        for _ in 0..<2 {
+            let fd = s.connect()
+            fds.append(fd)
+            s.send(fd, try Message("wait", [("request", String(id)), ("timeout", "30")]).encodeFrame())
+        }
+        let until = Date().addingTimeInterval(5)
+        while s.server.waitingClients < 2 && Date() < until { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(s.server.waitingClients == 2)
+        let fd = s.connect()
+        fds.append(fd)
+        s.send(fd, try Message("wait", [("request", String(id)), ("timeout", "30")]).encodeFrame())
+        let r = try #require(s.reply(fd, timeout: 3))
+        #expect(r["decision"] == "deny")
+        #expect(r["message"]?.contains("already wait for request \(id)") == true)
+        #expect(s.server.waitingClients == 2)
+        #expect(s.stillHealthy())
     }
 
     @Test func aWaiterIsWokenByTheApprovalItself() throws {

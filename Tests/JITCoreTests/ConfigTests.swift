@@ -24,6 +24,17 @@ import Testing
         #expect(c.sudoersDir == "/etc/sudoers.d")
     }
 
+    @Test func limitsTakeDefaultsAndRefuseNonsense() throws {
+        let d = try parse("environment: staging\n").limits
+        #expect(d == LimitSettings())
+        #expect(d.waits == 256 && d.waitsPerUser == 8 && d.pendingPerUser == 5 && d.requestsPerMinute == 10)
+        let c = try parse("environment: s\nlimits:\n  connections: 64\n  waits_per_user: 2\n  journal_size: 8\n").limits
+        #expect(c.connections == 64 && c.waits == 32 && c.waitsPerUser == 2 && c.journalBytes == 8 << 20)
+        #expect(error("environment: s\nlimits:\n  pending_per_user: 0\n")?.field == "limits.pending_per_user")
+        #expect(error("environment: s\nlimits:\n  waits: 3\n")?.message.contains("not a known setting") == true)
+        #expect(error("environment: s\nlimits:\n  connections: 8\n")?.message.contains("between 16") == true)
+    }
+
     @Test func minimalConfigTakesDefaults() throws {
         let c = try parse("environment: staging\n")
         #expect(c.environment == "staging")
