@@ -16,6 +16,8 @@ public enum AuditReader {
         var config = Configuration()
         config.readonly = true
         config.label = "jit-audit-reader"
+        // The file may come from a host that was taken: its schema is not trusted to run anything.
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA trusted_schema = OFF") }
         let queue: DatabaseQueue
         do { queue = try DatabaseQueue(path: database, configuration: config) } catch {
             throw JITError(.internal, "cannot open the database \(database): \(error)")

@@ -79,7 +79,7 @@ public final class AuditSealer: Sendable {
     let logger: Logger
     public let path: String
     let ingest: @Sendable () -> Void
-    /// Tests only: SIGKILL this process at a named step of key evolution (`JITD_TEST_CRASH`).
+    /// Tests only (debug builds): SIGKILL this process at a named step of key evolution (`JITD_TEST_CRASH`).
     let crashAt: String?
     struct State {
         var key: SealState?
@@ -94,7 +94,11 @@ public final class AuditSealer: Sendable {
         self.clock = clock
         self.logger = logger
         self.ingest = ingest
+        #if DEBUG
         crashAt = ProcessInfo.processInfo.environment["JITD_TEST_CRASH"]
+        #else
+        crashAt = nil
+        #endif
     }
 
     func crash(_ step: String) {
@@ -212,6 +216,7 @@ public final class AuditSealer: Sendable {
     }
 
     /// Closes the epoch if it is over; returns when the current epoch ends (nil when sealing is off).
+    @discardableResult
     public func tick() -> Date? {
         state.withLock { st in
             sealLocked(&st, why: "interval", onlyIfClosing: true)

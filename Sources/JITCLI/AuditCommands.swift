@@ -205,6 +205,7 @@ struct SealedVerify {
                 print("not yet sealed: none")
             }
             if r.beforeSetup > 0 { print("before the key was set up: \(r.beforeSetup) events (chained, not sealed)") }
+            if let id = r.replacedAt { print("the key was replaced at event \(id) (setup-keys --force): the events after it are sealed under the newer key") }
             for a in archives { print("  read the archive \(a)") }
         }
         if !v.ok { throw CLIError(code: 1, message: "audit trail BROKEN: \(v.problem ?? "unknown problem")") }

@@ -127,6 +127,20 @@ import Testing
         #expect(r.problem == nil && r.seals == 2 && r.unsealed == 1)
     }
 
+    @Test func aLoneArchiveVerifiesFromItsFirstSeal() {
+        let events = threeEpochs().events
+        // An archive that starts after epoch 0's seal: no setup event in it.
+        let cut = Array(events.drop { Seal.from($0)?.seal.epoch != 0 }.dropFirst())
+        var w = SealedWalk(key: key, midstream: true)
+        for e in cut where !w.step(e) { break }
+        let r = w.finish(now: Timestamps.date(millis: ms(190)))
+        #expect(r.problem == nil && r.seals == 2)
+        // Without midstream the missing setup is named.
+        var strict = SealedWalk(key: key)
+        for e in cut where !strict.step(e) { break }
+        #expect(strict.finish(now: Timestamps.date(millis: ms(190))).problem?.contains("no setup event") == true)
+    }
+
     @Test func anotherHostsKeyFindsNoSetup() {
         let other = SealKey(seed: Array(repeating: 7, count: 32), start: key.start, interval: 60)
         var w = SealedWalk(key: other)
