@@ -59,8 +59,9 @@ public final class Store: Sendable {
 
     /// The database folder holds TOTP secrets and the trail: it must be owned by the agent's user (root) and
     /// writable by nobody else, whatever created it and wherever jitd runs (inside the unit or not). A folder
-    /// that others may only read or enter is closed to 0700; one owned by someone else, or that others may
-    /// write, is refused with the command that fixes it (as the sudoers directory is).
+    /// of its own that others may only read or enter is closed to 0700; one owned by someone else, that others
+    /// may write, or that others may read and that holds other files, is refused with the command that fixes
+    /// it (as the sudoers directory is).
     static func checkFolder(_ dir: String, of path: String) throws(JITError) {
         var st = stat()
         guard lstat(dir, &st) == 0 else {
@@ -77,7 +78,15 @@ public final class Store: Sendable {
         guard mode & 0o022 == 0 else {
             throw JITError(.internal, "the database folder \(dir) is writable by group or others (mode \(String(mode, radix: 8))); run: chmod 700 \(dir)")
         }
-        if mode & 0o077 != 0 && chmod(dir, 0o700) != 0 {
+        guard mode & 0o077 != 0 else { return }
+        // Closed only when it holds nothing but this database: a shared folder (database: /var/lib/jit.db)
+        // is never changed under other programs; that is refused instead.
+        let base = (path as NSString).lastPathComponent
+        let others = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { !$0.hasPrefix(base) }
+        guard others.isEmpty else {
+            throw JITError(.internal, "the database folder \(dir) is readable by others (mode \(String(mode, radix: 8))) and holds other files; give the database a folder of its own, or run: chmod 700 \(dir)")
+        }
+        if chmod(dir, 0o700) != 0 {
             throw JITError(.internal, "the database folder \(dir) of \(path) is readable by others (mode \(String(mode, radix: 8))) and cannot be closed (\(String(cString: strerror(errno)))); run: chmod 700 \(dir)")
         }
     }

@@ -78,6 +78,8 @@ struct GrantView: Codable {
     var expires_at: String
     var ended_at: String?
     var ended_by: String?
+    /// Whether the grant also opens login (its rule lists `login`).
+    var login: Bool
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -93,6 +95,7 @@ struct GrantView: Codable {
         expires_at = v("expires_at") ?? ""
         ended_at = v("ended_at")
         ended_by = v("ended_by")
+        login = v("login") == "1"
     }
 
     var scopeText: String {

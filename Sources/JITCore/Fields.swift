@@ -60,9 +60,18 @@ public enum FieldRules {
         return Rule(maxBytes: defaultMaxBytes, syntax: .text, what: "text")
     }
 
-    /// Whether a scalar must never reach a terminal, a log line or a notification: control characters (C0,
-    /// DEL, C1), the whole Unicode format category (zero-width and bidirectional marks, U+200B, U+200E,
-    /// U+061C, ...) and the line and paragraph separators.
+    /// Whether the agent refuses a scalar in any field: control characters (C0, DEL, C1) and the whole Unicode
+    /// format category (zero-width and bidirectional marks: U+200B, U+200E, U+202E, U+061C, ...).
+    public static func isRefused(_ u: Unicode.Scalar) -> Bool {
+        switch u.properties.generalCategory {
+        case .control, .format: return true
+        default: return false
+        }
+    }
+
+    /// Whether a scalar must never reach a terminal, a log line or a notification as itself: what the agent
+    /// refuses, and the line and paragraph separators (U+2028, U+2029), which the agent accepts in text and
+    /// every output turns into a space or '?'.
     public static func isUnsafe(_ u: Unicode.Scalar) -> Bool {
         switch u.properties.generalCategory {
         case .control, .format, .lineSeparator, .paragraphSeparator: return true
@@ -77,11 +86,11 @@ public enum FieldRules {
         if n > r.maxBytes { return "the field '\(key)' is \(n) bytes; the limit is \(r.maxBytes)" }
         switch r.syntax {
         case .text:
-            if value.unicodeScalars.contains(where: isUnsafe) {
+            if value.unicodeScalars.contains(where: isRefused) {
                 return "the field '\(key)' contains control or invisible formatting characters; write \(r.what) on one line in plain text"
             }
         case .name:
-            if value.unicodeScalars.contains(where: { isUnsafe($0) || $0.properties.isWhitespace }) {
+            if value.unicodeScalars.contains(where: { isRefused($0) || $0.properties.isWhitespace }) {
                 return "the field '\(key)' must be \(r.what): no spaces, control or formatting characters"
             }
         case .number(let max):

@@ -2,7 +2,7 @@ public import Foundation
 
 /// What a request asks for.
 public enum Scope: Equatable, Hashable, Sendable {
-    /// Log in (ssh, console); every grant covers this.
+    /// Log in (ssh, console); sudo and command grants cover it too when their rule grants login (`Grant.coversLogin`).
     case login
     /// Run any command with sudo as the run-as user.
     case sudo

@@ -114,6 +114,14 @@ import JITCore
         for f in ["jit.db", "jit.db-wal", "jit.db-shm"] where stat(folder + "/" + f, &st) == 0 {
             #expect(st.st_mode & 0o777 == 0o600, "\(f)")
         }
+        // A shared folder that holds other files is never changed: refused.
+        let shared = dir.file("shared")
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: shared + "/someone-elses", contents: Data())
+        chmod(shared, 0o755)
+        #expect(throws: JITError.self) { try Store(path: shared + "/jit.db") }
+        stat(shared, &st)
+        #expect(st.st_mode & 0o777 == 0o755)
         chmod(folder, 0o775)
         do {
             _ = try Store(path: folder + "/jit.db")

@@ -97,8 +97,9 @@ def test_a_waiting_login_is_let_in_when_an_approver_approves(agent, people, sshd
 
 def test_dropping_the_connection_while_waiting_cancels_the_request(agent, people, sshd):
     agent.start()
-    # While the account stage waits, sshd's privileged process sits in PAM; when the client is gone it is
-    # ended at LoginGraceTime at the latest, which closes the module's wait and makes jitd cancel.
+    # While the account stage waits, sshd's privileged process sits in PAM and cannot notice the client
+    # leaving; the module watches the client's connection and ends the wait (LoginGraceTime is the backstop),
+    # which makes jitd cancel. test_security_e2e.py checks that it happens at once.
     sshd.configure(pam_args(agent, timeout=60), grace=4)
     sshd.start()
     alice, bob = people["alice"], people["bob"]

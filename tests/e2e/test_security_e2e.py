@@ -302,3 +302,19 @@ def test_lower_programs_with_shell_escapes_are_flagged_to_approvers(agent, peopl
     assert agent.jit_json(bob, "show", str(rid))["warnings"]
     p = agent.jit(alice, "request", "--for", "10m", "--command", "/usr/bin/systemctl restart nginx", "--reason", "ok")
     assert p.returncode == 0 and "warning" not in p.stderr
+
+
+def test_finding9_a_key_login_that_drops_while_the_account_stage_waits_cancels_at_once(agent, people, sshd):
+    agent.start()
+    # LoginGraceTime and timeout far beyond the bound below: only the module watching the client ends it.
+    sshd.configure(pam_args(agent, timeout=120), grace=150)
+    sshd.start()
+    alice, bob = people["alice"], people["bob"]
+    proc = subprocess.Popen(sshd.ssh_cmd(alice, "echo IN"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ids = wait_for(lambda: [r["id"] for r in agent.jit_json(bob, "list", "--pending")])
+    assert ids, "no request filed by the waiting login"
+    assert wait_for(lambda: waiters(agent) == 1, limit=10)
+    proc.kill()
+    proc.wait()
+    assert wait_for(lambda: agent.jit_json(bob, "show", str(ids[0]))["state"] == "cancelled", limit=20)
+    assert wait_for(lambda: waiters(agent) == 0, limit=10)
