@@ -1,5 +1,8 @@
 import AsyncHTTPClient
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 public import JITCore
 import JITSudoers
 import NIOCore
@@ -77,6 +80,8 @@ public final class LiveTransport: NotifyTransport {
                 tlsConfiguration: .makeClientConfiguration(), redirectConfiguration: .disallow,
                 connectionPool: .init(idleTimeout: .seconds(60)), decompression: .disabled)
             cfg.httpVersion = .http1Only
+            // A refused connection fails this attempt at once: the outbox's back-off does the retrying.
+            cfg.connectionPool.retryConnectionEstablishment = false
             let made = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: cfg)
             c = made
             return made
@@ -179,9 +184,12 @@ enum TLSWords {
             default: return "TLS failed: \(e)"
             }
         }
-        if let e = error as? NIOConnectionError { return "cannot connect (\(e.connectionErrors.first.map { "\($0.error)" } ?? "no address"))" }
+        if let e = error as? NIOConnectionError {
+            let why = e.connectionErrors.first.map { f in (f.error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(f.error)" }
+            return "cannot connect (\(why ?? "the host name has no address"))"
+        }
         if let e = error as? ChannelError, case .connectTimeout = e { return "timed out connecting" }
-        if let e = error as? IOError { return "I/O failed: \(e.description)" }
+        if let e = error as? IOError { return "connection failed: \(String(cString: strerror(e.errnoCode)))" }
         return "\(error)"
     }
 }
