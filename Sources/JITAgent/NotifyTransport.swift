@@ -121,11 +121,9 @@ public final class LiveTransport: NotifyTransport {
             throw NotifyFailure(message: "\(url.endpoint): not a URL the HTTP client accepts")
         }
         let client = try httpClient()
-        let delegate = ResponseAccumulator(request: request, maxBodySize: 64 * 1024)
         let status: UInt
         do {
-            let response = try client.execute(request: request, delegate: delegate, deadline: .now() + .seconds(timeout)).futureResult.wait()
-            status = response.status.code
+            status = try client.execute(request: request, delegate: StatusOnly(), deadline: .now() + .seconds(timeout)).futureResult.wait()
         } catch {
             throw NotifyFailure(message: "\(url.endpoint): \(Self.describe(error, timeout: timeout))")
         }
@@ -164,6 +162,24 @@ public final class LiveTransport: NotifyTransport {
             throw NotifyFailure(message: "\(c.sendmail) \(how)\(said.isEmpty ? "" : ": \(said)")")
         }
     }
+}
+
+/// Keeps the status code and reads the body away unstored: whatever a receiver answers, only the status counts
+/// (a large body must not turn an acknowledged post into a retried one).
+final class StatusOnly: HTTPClientResponseDelegate {
+    typealias Response = UInt
+    let status = Atomic<UInt>(0)
+
+    func didReceiveHead(task: HTTPClient.Task<UInt>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        status.store(head.status.code, ordering: .sequentiallyConsistent)
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<UInt>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<UInt>) throws -> UInt { status.load(ordering: .sequentiallyConsistent) }
 }
 
 /// TLS failures in words an admin can act on.
