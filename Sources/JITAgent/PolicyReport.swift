@@ -44,6 +44,10 @@ public enum PolicyReport {
             let at = ref.line.map { "\(file):\($0)" } ?? file
             out.append("warning: \(at): \(ref.field): the group '\(ref.group)' is not known on this host (it may come from LDAP later)")
         }
+        for ch in c.notify.channels where ch.kind == .email && ch.transport == .smtp && ch.smtpSecurity == .none && !Loopback.isHost(ch.smtpHost) {
+            let at = ch.line.map { "\(file):\($0)" } ?? file
+            out.append("warning: \(at): notify.email[\(ch.name)]: starttls: never sends mail in clear text over the network to \(ch.smtpHost); use 'starttls: required', or 'transport: sendmail' and let the MTA relay")
+        }
         for ch in c.notify.channels where ch.kind == .email && ch.transport == .sendmail && access(ch.sendmail, X_OK) != 0 {
             let at = ch.line.map { "\(file):\($0)" } ?? file
             out.append("warning: \(at): notify.email[\(ch.name)]: \(ch.sendmail) is missing or not executable: mail waits in the outbox until an MTA is installed (e.g. apt install msmtp-mta, or postfix)")

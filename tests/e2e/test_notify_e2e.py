@@ -406,7 +406,8 @@ notify:
     ("webhooks: [{name: h, url: 'http://127.0.0.1/x', colour: red}]", "notify.webhooks.colour: is not a known setting"),
     ("slack: [{name: s, url: 'http://127.0.0.1/x', events: [request, gossip]}]", "'gossip' is not an event"),
     ("email: [{name: m, smtp_host: 127.0.0.1, from: a@b.org, to: [x@y.org], starttls: auto}]", "must be 'required'"),
-    ("email: [{name: m, smtp_host: mail.example.org, from: a@b.org, to: [x@y.org], starttls: never}]", "only to a relay on this host"),
+    ("email: [{name: m, smtp_host: mail.example.org, from: a@b.org, to: [x@y.org], starttls: never, username: u, password_file: /x}]",
+     "a password is sent only over TLS"),
     ("email: [{name: m, smtp_host: 127.0.0.1, from: 'a@b.org\\r\\nBcc: x@y', to: [x@y.org]}]", "is not a plain mail address"),
 ])
 def test_check_config_refuses_bad_channels_naming_the_line(tmpdir_root, setting, message):
