@@ -1,5 +1,8 @@
 import AsyncHTTPClient
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 public import JITCore
 import JITSudoers
 import NIOCore
@@ -77,6 +80,8 @@ public final class LiveTransport: NotifyTransport {
                 tlsConfiguration: .makeClientConfiguration(), redirectConfiguration: .disallow,
                 connectionPool: .init(idleTimeout: .seconds(60)), decompression: .disabled)
             cfg.httpVersion = .http1Only
+            // A refused connection fails this attempt at once: the outbox's back-off does the retrying.
+            cfg.connectionPool.retryConnectionEstablishment = false
             let made = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: cfg)
             c = made
             return made
@@ -116,11 +121,9 @@ public final class LiveTransport: NotifyTransport {
             throw NotifyFailure(message: "\(url.endpoint): not a URL the HTTP client accepts")
         }
         let client = try httpClient()
-        let delegate = ResponseAccumulator(request: request, maxBodySize: 64 * 1024)
         let status: UInt
         do {
-            let response = try client.execute(request: request, delegate: delegate, deadline: .now() + .seconds(timeout)).futureResult.wait()
-            status = response.status.code
+            status = try client.execute(request: request, delegate: StatusOnly(), deadline: .now() + .seconds(timeout)).futureResult.wait()
         } catch {
             throw NotifyFailure(message: "\(url.endpoint): \(Self.describe(error, timeout: timeout))")
         }
@@ -161,6 +164,24 @@ public final class LiveTransport: NotifyTransport {
     }
 }
 
+/// Keeps the status code and reads the body away unstored: whatever a receiver answers, only the status counts
+/// (a large body must not turn an acknowledged post into a retried one).
+final class StatusOnly: HTTPClientResponseDelegate {
+    typealias Response = UInt
+    let status = Atomic<UInt>(0)
+
+    func didReceiveHead(task: HTTPClient.Task<UInt>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        status.store(head.status.code, ordering: .sequentiallyConsistent)
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<UInt>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<UInt>) throws -> UInt { status.load(ordering: .sequentiallyConsistent) }
+}
+
 /// TLS failures in words an admin can act on.
 enum TLSWords {
     static func describe(_ error: any Error) -> String {
@@ -179,9 +200,12 @@ enum TLSWords {
             default: return "TLS failed: \(e)"
             }
         }
-        if let e = error as? NIOConnectionError { return "cannot connect (\(e.connectionErrors.first.map { "\($0.error)" } ?? "no address"))" }
+        if let e = error as? NIOConnectionError {
+            let why = e.connectionErrors.first.map { f in (f.error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(f.error)" }
+            return "cannot connect (\(why ?? "the host name has no address"))"
+        }
         if let e = error as? ChannelError, case .connectTimeout = e { return "timed out connecting" }
-        if let e = error as? IOError { return "I/O failed: \(e.description)" }
+        if let e = error as? IOError { return "connection failed: \(String(cString: strerror(e.errnoCode)))" }
         return "\(error)"
     }
 }

@@ -1,4 +1,7 @@
 public import JITCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What `jitd check-config` (and the agent at start and reload) says about a valid policy: a summary, and
 /// warnings that do not stop it (groups this host does not know: they may come from LDAP later).
@@ -8,7 +11,13 @@ public enum PolicyReport {
         guard !n.isEmpty else { return policySummary(c, file: file) }
         // Endpoints only (host:port): a URL's path may hold a token.
         let channels = n.map { ch in
-            ch.kind == .email ? "\(ch.name) (email via \(ch.smtpHost):\(ch.smtpPort))" : "\(ch.name) (\(ch.kind.rawValue) to \(ch.url?.endpoint ?? "?"))"
+            switch (ch.kind, ch.transport) {
+            case (.email, .sendmail): return "\(ch.name) (email via \(ch.sendmail))"
+            case (.email, .smtp):
+                let tls = ch.smtpSecurity == .starttls ? "STARTTLS" : ch.smtpSecurity == .implicit ? "TLS" : "no TLS"
+                return "\(ch.name) (email via \(ch.smtpHost):\(ch.smtpPort), \(tls))"
+            default: return "\(ch.name) (\(ch.kind.rawValue) to \(ch.url.map { ($0.tls ? "https " : "http ") + $0.endpoint } ?? "?"))"
+            }
         }
         return policySummary(c, file: file) + "\n  notify: " + channels.joined(separator: ", ")
     }
@@ -34,6 +43,14 @@ public enum PolicyReport {
             guard seen.insert(key).inserted else { continue }
             let at = ref.line.map { "\(file):\($0)" } ?? file
             out.append("warning: \(at): \(ref.field): the group '\(ref.group)' is not known on this host (it may come from LDAP later)")
+        }
+        for ch in c.notify.channels where ch.kind == .email && ch.transport == .smtp && ch.smtpSecurity == .none && !Loopback.isHost(ch.smtpHost) {
+            let at = ch.line.map { "\(file):\($0)" } ?? file
+            out.append("warning: \(at): notify.email[\(ch.name)]: starttls: never sends mail in clear text over the network to \(ch.smtpHost); use 'starttls: required', or 'transport: sendmail' and let the MTA relay")
+        }
+        for ch in c.notify.channels where ch.kind == .email && ch.transport == .sendmail && access(ch.sendmail, X_OK) != 0 {
+            let at = ch.line.map { "\(file):\($0)" } ?? file
+            out.append("warning: \(at): notify.email[\(ch.name)]: \(ch.sendmail) is missing or not executable: mail waits in the outbox until an MTA is installed (e.g. apt install msmtp-mta, or postfix)")
         }
         return out
     }

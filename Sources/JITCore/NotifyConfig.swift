@@ -333,11 +333,10 @@ extension Config {
             switch v {
             case "required": c.smtpSecurity = .starttls
             case "never":
-                guard local else {
-                    throw r.error(s, "\(p).starttls", "'never' sends mail in clear text over the network: only to a relay on this host (smtp_host: 127.0.0.1); use 'required'")
-                }
+                // Allowed as before (configs written when TLS was not built in); check-config warns when
+                // it crosses the network.
                 c.smtpSecurity = .none
-            default: throw r.error(s, "\(p).starttls", "must be 'required' (TLS, the server's certificate verified) or 'never' (a relay on this host)")
+            default: throw r.error(s, "\(p).starttls", "must be 'required' (TLS, the server's certificate verified) or 'never' (clear text: a relay on this host)")
             }
         } else {
             c.smtpSecurity = implicit ? .implicit : (local ? .none : .starttls)
@@ -349,10 +348,10 @@ extension Config {
         if let u = m["username"]?.1 {
             c.username = try r.string(u, path: "\(p).username")
             guard let pf = m["password_file"]?.1 else { throw r.error(u, "\(p).password_file", "is required with username") }
-            c.password = try secretFile(pf, path: "\(p).password_file", r: r).trimmingCharacters(in: .newlines)
             guard c.smtpSecurity != .none || local else {
-                throw r.error(u, "\(p).username", "a password is sent only over TLS or to a relay on this host")
+                throw r.error(u, "\(p).username", "a password is sent only over TLS (starttls: required, or implicit_tls) or to a relay on this host")
             }
+            c.password = try secretFile(pf, path: "\(p).password_file", r: r).trimmingCharacters(in: .newlines)
         } else if let pf = m["password_file"]?.1 {
             throw r.error(pf, "\(p).username", "is required with password_file")
         }

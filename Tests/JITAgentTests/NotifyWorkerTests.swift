@@ -201,6 +201,25 @@ final class FakeTransport: NotifyTransport {
         #expect(h[2].1 == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
     }
 
+    @Test func checkConfigNamesEachChannelsTransportAndWarnsOfAMissingSendmail() throws {
+        let c = try Config.parse("""
+            environment: prod
+            notify:
+              webhooks: [{name: hook, url: "https://hooks.example.org/x"}]
+              email:
+                - {name: mta, from: a@b.org, to: [c@d.org], sendmail: /nonexistent/sendmail}
+                - {name: direct, smtp_host: mail.example.org, smtp_port: 587, from: a@b.org, to: [c@d.org]}
+                - {name: clear, smtp_host: mail.example.org, starttls: never, from: a@b.org, to: [c@d.org]}
+            """, file: "t.yaml")
+        let summary = PolicyReport.summary(c, file: "t.yaml")
+        #expect(summary.contains("hook (webhook to https hooks.example.org:443)"), "\(summary)")
+        #expect(summary.contains("mta (email via /nonexistent/sendmail)") && summary.contains("direct (email via mail.example.org:587, STARTTLS)"), "\(summary)")
+        let w = PolicyReport.warnings(c, file: "t.yaml", directory: FakeDirectory(users: []))
+        #expect(w.contains { $0.contains("t.yaml:5: notify.email[mta]: /nonexistent/sendmail is missing or not executable") }, "\(w)")
+        #expect(w.contains { $0.contains("t.yaml:7: notify.email[clear]: starttls: never sends mail in clear text over the network") }, "\(w)")
+        #expect(!w.contains { $0.contains("[direct]") })
+    }
+
     @Test func backoffSchedule() {
         #expect((1...8).map { NotifyBackoff.delay(afterAttempt: $0, cap: 300) } == [1, 2, 4, 8, 16, 32, 64, 128])
         #expect(NotifyBackoff.delay(afterAttempt: 9, cap: 300) == 256)
