@@ -28,8 +28,11 @@ public final class Notifications: Sendable {
     /// Channels whose delivery worker is running: each channel delivers on its own, so a slow or dead
     /// channel never delays another channel's messages.
     let busy = Mutex<Set<String>>([])
+    /// Each channel's delivery threads (made on first use, kept: real threads, so a hung delivery never
+    /// holds a shared pool's thread that another channel needs).
+    let lanes = Mutex<[String: DeliveryLanes]>([:])
     /// Deliveries in flight at once within one channel.
-    static let lanes = 4
+    static let laneCount = 4
 
     public init(engine: Engine, transport: (any NotifyTransport)? = nil, hostname: String? = nil,
                 members: (@Sendable (String) -> [String])? = nil) {
@@ -170,7 +173,7 @@ public final class Notifications: Sendable {
     // MARK: delivering
 
     /// Starts one worker per channel with messages due (unless that channel's worker still runs); each
-    /// delivers up to `lanes` messages at once. Returns the group to wait on.
+    /// delivers up to `laneCount` messages at once on its own threads. Returns the group to wait on.
     func deliverDue(_ cfg: Config) -> DispatchGroup {
         let group = DispatchGroup()
         let channels: [String]
@@ -186,12 +189,19 @@ public final class Notifications: Sendable {
                 engine.logger.error("notify: \(error.message)")
                 continue
             }
-            DispatchQueue.global().async(group: group) { [self] in
-                DispatchQueue.concurrentPerform(iterations: min(Notifications.lanes, rows.count)) { lane in
-                    for i in stride(from: lane, to: rows.count, by: Notifications.lanes) { deliver(rows[i], cfg) }
-                }
+            let l = lanes.withLock { d in
+                if let l = d[name] { return l }
+                let l = DeliveryLanes(count: Notifications.laneCount) { [self] row, cfg in deliver(row, cfg) }
+                d[name] = l
+                return l
+            }
+            let batch = DispatchGroup()
+            group.enter()
+            l.submit(rows, cfg, batch)
+            batch.notify(queue: .global()) { [self] in
                 busy.withLock { _ = $0.remove(name) }
                 engine.store.outboxWaker.wake()
+                group.leave()
             }
         }
         return group
@@ -225,6 +235,35 @@ public final class Notifications: Sendable {
             }
         } catch {
             engine.logger.error("notify: \(error.message)")
+        }
+    }
+}
+
+/// A channel's delivery threads: `count` threads that take messages from one queue.
+final class DeliveryLanes: Sendable {
+    let jobs = Mutex<[(Store.OutboxRow, Config, DispatchGroup)]>([])
+    let ready = DispatchSemaphore(value: 0)
+
+    init(count: Int, deliver: @escaping @Sendable (Store.OutboxRow, Config) -> Void) {
+        for _ in 0..<count {
+            let t = Thread { [self] in
+                while true {
+                    ready.wait()
+                    guard let (row, cfg, group) = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+                    deliver(row, cfg)
+                    group.leave()
+                }
+            }
+            t.stackSize = 512 * 1024
+            t.start()
+        }
+    }
+
+    func submit(_ rows: [Store.OutboxRow], _ cfg: Config, _ group: DispatchGroup) {
+        for r in rows {
+            group.enter()
+            jobs.withLock { $0.append((r, cfg, group)) }
+            ready.signal()
         }
     }
 }

@@ -229,8 +229,9 @@ extension Engine {
                     logger.info("session \(s.id) of \(s.user) kept running after grant \(g.id) \(g.state.rawValue) (on_expiry: keep)")
                 case .terminate:
                     sessions.warn(s, message: "your access (grant \(g.id)) has \(g.state == .revoked ? "been revoked" : "expired"); this session is ending")
-                    sessions.terminate(s)
+                    // Recorded first: the ended session's own PAM close (from the process being ended) finds it closed.
                     _ = try store.closeSession(id: s.id, user: nil, service: nil, pid: nil, at: now, by: "jitd: grant \(g.id) \(g.state.rawValue)")
+                    sessions.terminate(s)
                     logger.notice("session \(s.id) of \(s.user) (pid \(s.pid)) ended: grant \(g.id) \(g.state.rawValue)")
                 }
             }

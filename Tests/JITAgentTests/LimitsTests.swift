@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import JITCore
 @testable import JITAgent
@@ -140,5 +141,39 @@ import JITCore
         var reused = s
         reused.startTicks = 19
         #expect(ProcessSessions.members(of: reused, in: procs).isEmpty)
+    }
+}
+
+/// A transport where one channel hangs until released.
+final class HangingTransport: NotifyTransport {
+    let release = DispatchSemaphore(value: 0)
+    let sent = Mutex<[String]>([])
+    func deliver(_ m: Store.OutboxRow, via c: NotifyChannel, timeout: Int64) -> DeliveryResult {
+        if c.name == "hook" { _ = release.wait(timeout: .now() + 10) }
+        sent.withLock { $0.append(c.name) }
+        return .sent
+    }
+}
+
+@Suite struct NotifyFairnessTests {
+    /// Finding 10: one channel hangs; the other channel's messages are all delivered meanwhile, and the
+    /// hung channel is not handed the same messages twice.
+    @Test func aHungChannelNeverDelaysAnotherChannel() throws {
+        let h = try NotifyWorkerTests.harness()
+        for _ in 0..<3 { _ = try h.file() }
+        let t = HangingTransport()
+        let w = Notifications(engine: h.engine, transport: t, hostname: "db1", members: { _ in ["bob"] })
+        w.runOnce(wait: false)
+        let until = Date().addingTimeInterval(5)
+        while t.sent.withLock({ $0.filter { $0 == "mail" }.count }) < 3 && Date() < until { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(t.sent.withLock { $0 } == ["mail", "mail", "mail"])
+        // Another pass while "hook" is still busy starts nothing new for it.
+        w.runOnce(wait: false)
+        for _ in 0..<3 { t.release.signal() }
+        let until2 = Date().addingTimeInterval(5)
+        while t.sent.withLock({ $0.count }) < 6 && Date() < until2 { Thread.sleep(forTimeInterval: 0.01) }
+        w.runOnce()
+        #expect(t.sent.withLock { $0.filter { $0 == "hook" }.count } == 3)
+        #expect(try h.engine.store.outboxRows().allSatisfy { $0.state == "sent" })
     }
 }

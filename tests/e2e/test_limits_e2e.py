@@ -195,6 +195,49 @@ print(n)
     assert all("checks_per_second" in e["data"]["why"] and e["actor"] == "jitd" for e in d)
 
 
+def test_a_nearly_full_disk_keeps_room_for_grants(agent, people, etc):
+    """Finding 4, the disk: the database sits on a 48 MB file system that one user's flood has left with 16 MB
+    free, under the 32 MB the agent keeps for what must be recorded. That user's own checks are refused and
+    the module's denials for them are answered unrecorded (counted in audit.events_dropped); another user's
+    valid grant is admitted and recorded."""
+    db = os.path.dirname(agent.database)
+    os.makedirs(db, exist_ok=True)
+    assert run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", db]).returncode == 0
+    try:
+        agent.start()
+        alice, bob, carol = people["alice"], people["bob"], people["carol"]
+        grant_login(agent, carol, bob)
+        svc = "jit-disk-" + os.path.basename(agent.tmp)[-6:]
+        etc.write(f"/etc/pam.d/{svc}", f"account required {PAM} {pam_args(agent)}\naccount required pam_permit.so\n")
+        st = os.statvfs(db)
+        with open(os.path.join(db, "filler"), "wb") as f:
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
+        p = run(["setpriv", "--reuid", alice, "--regid", alice, "--clear-groups", "--", "python3", "-c", f"""
+import socket, struct
+s = socket.socket(socket.AF_UNIX); s.connect({agent.socket!r})
+b = b"JIT/1 check\\nuser={alice}\\nservice=sshd\\n"
+s.sendall(struct.pack(">I", len(b)) + b)
+h = s.recv(4); print(s.recv(struct.unpack(">I", h)[0]).decode())
+"""])
+        assert "code=busy" in p.stdout and "journal is full" in p.stdout, p.stdout + p.stderr
+        for _ in range(3):
+            assert run(["pamtester", svc, alice, "acct_mgmt"]).returncode != 0
+        p = run(["pamtester", svc, carol, "acct_mgmt"])
+        assert p.returncode == 0, p.stdout + p.stderr + agent.read_log()
+
+        def recorded():
+            ev = agent.jit_json(None, "audit")
+            dropped = [e for e in ev if e["kind"] == "audit.events_dropped" and e["user"] == alice]
+            granted = [e for e in ev if e["kind"] == "check.login" and e["user"] == carol]
+            return (dropped, granted) if sum(int(e["data"]["count"]) for e in dropped) >= 4 and granted else None
+        got = wait_for(recorded, 10)
+        assert got, agent.read_log()
+        assert not [e for e in agent.jit_json(None, "audit") if e["user"] == alice and e["kind"].startswith("check.")]
+    finally:
+        agent.stop()
+        run(["umount", db])
+
+
 # ---------- finding 5: start and stop with a backlog ----------
 
 def test_a_journal_backlog_never_keeps_the_agent_away(agent, people):
