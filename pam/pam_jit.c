@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
 #include <pwd.h>
@@ -32,6 +33,7 @@
 
 #include "jit_client.h"
 #include "jit_proto.h"
+#include "jit_sudo.h"
 
 #define PUBLIC __attribute__((visibility("default")))
 
@@ -342,6 +344,90 @@ static void show_agent_message(struct gate *g, int style, const struct jit_reply
 	say(g->pamh, style, "jit: %s", msg);
 }
 
+/*
+ * Inside sudo: what it is about to run and as whom, from its own argv (see jit_sudo.h), so that the
+ * agent admits the use only under a grant that covers that command line and run-as user. Bounded
+ * reads; anything this module cannot be sure of is sent as unsure=WHY, never guessed.
+ */
+static void add_sudo_fields(struct gate *g, struct jit_req *req)
+{
+	struct jit_sudo *s = malloc(sizeof(*s));
+	char *buf = malloc(JIT_SUDO_MAX_CMDLINE + 1);
+	char exe[PATH_MAX];
+	const char *why = NULL;
+
+	if (s != NULL)
+		memset(s, 0, sizeof(*s));
+	if (s == NULL || buf == NULL) {
+		jit_req_add(req, "sudo_mode", "unsure");
+		jit_req_add(req, "unsure", "out of memory reading sudo's command line");
+		goto out;
+	}
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0) {
+		why = "cannot tell which program is running (/proc/self/exe)";
+	} else {
+		exe[n] = '\0';
+		const char *b = strrchr(exe, '/');
+		if (strcmp(b ? b + 1 : exe, "sudo") != 0)
+			why = "the PAM service is sudo's but the program is not sudo";
+	}
+	size_t len = 0;
+	int truncated = 0;
+	if (why == NULL) {
+		int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			why = "cannot read sudo's command line (/proc/self/cmdline)";
+		} else {
+			while (len < JIT_SUDO_MAX_CMDLINE + 1) {
+				ssize_t r = read(fd, buf + len, JIT_SUDO_MAX_CMDLINE + 1 - len);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0)
+					break;
+				len += (size_t)r;
+			}
+			close(fd);
+			truncated = len > JIT_SUDO_MAX_CMDLINE;
+		}
+	}
+	if (why == NULL) {
+		jit_sudo_parse(buf, truncated ? JIT_SUDO_MAX_CMDLINE : len, truncated, s);
+		why = s->unsure;
+	}
+	if (why != NULL) {
+		jit_req_add(req, "sudo_mode", "unsure");
+		jit_req_add(req, "unsure", why);
+		if (s->unsure != NULL && s->runas[0] != '\0')
+			jit_req_add(req, "runas", s->runas); /* the run-as user is known even so */
+		if (g->o.debug)
+			pam_syslog(g->pamh, LOG_DEBUG, "sudo use by %s: unsure of the command: %s", g->user, why);
+		goto out;
+	}
+	if (s->mode == JIT_SUDO_NOCMD) {
+		jit_req_add(req, "sudo_mode", "none");
+		goto out;
+	}
+	jit_req_add(req, "sudo_mode", "run");
+	jit_req_add(req, "runas", s->runas);
+	jit_req_add(req, "command", s->cmd);
+	if (s->cmd[0] != '/') {
+		/* A bare name: sudo searches secure_path, or the caller's PATH when none is set. */
+		const char *path = getenv("PATH");
+		if (path != NULL && strlen(path) <= 4096)
+			jit_req_add(req, "path", path);
+	}
+out:
+	if (buf != NULL) {
+		explicit_bzero(buf, JIT_SUDO_MAX_CMDLINE + 1);
+		free(buf);
+	}
+	if (s != NULL) {
+		explicit_bzero(s, sizeof(*s));
+		free(s);
+	}
+}
+
 static int do_check(struct gate *g, int file, const char *reason, struct jit_reply *rep)
 {
 	struct jit_req req;
@@ -354,6 +440,8 @@ static int do_check(struct gate *g, int file, const char *reason, struct jit_rep
 		jit_req_add_uint(&req, "pid", (unsigned long)getpid());
 		jit_req_add(&req, "file", file ? "1" : "0");
 		jit_req_add(&req, "reason", reason);
+		if (g->is_sudo)
+			add_sudo_fields(g, &req);
 		rc = jit_call(g->o.socket, &req, JIT_IO_TIMEOUT_MS, 0, rep, g->err, sizeof(g->err));
 	} else {
 		snprintf(g->err, sizeof(g->err), "out of memory");

@@ -1,0 +1,93 @@
+import Foundation
+import Testing
+import Synchronization
+import JITCore
+@testable import JITAgent
+
+/// One-shot and N-use grants (#17): the account-stage check that admits a use spends it in the same
+/// transaction, the last use ends the grant as `used` and removes its sudoers file, and a command grant
+/// never admits another command line (#13 finding 2).
+@Suite struct UsesTests {
+    static let yaml = """
+        environment: production
+        rules:
+          - name: once-id
+            requesters: {groups: [jit-requesters]}
+            scopes: [commands]
+            commands: ["/usr/bin/id -u"]
+            max_duration: 15m
+            uses: 1
+            approvals: auto
+          - name: people
+            requesters: {groups: [jit-requesters]}
+            scopes: [sudo, commands]
+            max_duration: 1h
+            approvals: {groups: [jit-approvers]}
+        """
+
+    func sudo(_ h: Harness, _ command: String, runas: String = "root") -> Message {
+        h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "run"), ("runas", runas), ("command", command)])
+    }
+
+    @Test func aOneShotGrantIsSpentByItsFirstUse() throws {
+        let h = try Harness(yaml: Self.yaml)
+        let r = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "commands"), ("command", "/usr/bin/id -u")])
+        #expect(r["state"] == "approved" && r["uses"] == "1")
+        let first = sudo(h, "/usr/bin/id -u")
+        #expect(first["decision"] == "allow" && first["message"]?.contains("last use") == true)
+        let g = try #require(try h.engine.store.grant(id: 1))
+        #expect(g.state == .used && g.usesLeft == 0)
+        #expect(h.effects.entries.contains("ended 1 used"))
+        let second = sudo(h, "/usr/bin/id -u")
+        #expect(second["decision"] == "deny" && second["message"]?.contains("grant 1 was spent") == true)
+        let listed = h.call(D.alice, "grants")
+        #expect(listed.records.first?.first { $0.0 == "state" }?.1 == "used")
+        let kinds = try h.engine.store.events(Store.AuditQuery(limit: 100)).map(\.kind)
+        #expect(kinds.contains("sudo.use") && kinds.contains("grant.used"))
+    }
+
+    @Test func aUseCheckedByTheUserThemselvesSpendsNothing() throws {
+        let h = try Harness(yaml: Self.yaml)
+        _ = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "commands"), ("command", "/usr/bin/id -u")])
+        let mine = h.call(D.alice, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "run"), ("runas", "root"), ("command", "/usr/bin/id -u")])
+        #expect(mine["decision"] == "allow")
+        #expect(try h.engine.store.grant(id: 1)?.usesLeft == 1)
+    }
+
+    @Test func twoConcurrentFirstUsesAdmitAtMostOne() throws {
+        let h = try Harness(yaml: Self.yaml)
+        _ = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "commands"), ("command", "/usr/bin/id -u")])
+        let allowed = Atomic<Int>(0)
+        let engine = h.engine
+        let check = Message("check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "run"), ("runas", "root"), ("command", "/usr/bin/id -u")])
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in
+            if engine.handle(check, from: D.root)["decision"] == "allow" { allowed.add(1, ordering: .relaxed) }
+        }
+        #expect(allowed.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func onceAndTheRuleCapTheUses() throws {
+        let h = try Harness(yaml: Self.yaml)
+        let r = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "sudo"), ("uses", "2")])
+        let id = try #require(r["id"])
+        #expect(h.call(D.bob, "approve", [("id", id)])["state"] == "approved")
+        #expect(sudo(h, "/usr/bin/id")["message"]?.contains("1 of 2 uses left") == true)
+        #expect(sudo(h, "/bin/sh -c id")["decision"] == "allow")
+        #expect(sudo(h, "/usr/bin/id")["decision"] == "deny")
+        #expect(h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("uses", "1")])["code"] == "invalid")
+    }
+
+    @Test func aCommandGrantAdmitsOnlyItsCommandLineAndRunAs() throws {
+        let h = try Harness(yaml: Self.yaml)
+        let r = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "commands"), ("command", "/usr/bin/systemctl restart nginx")])
+        _ = h.call(D.bob, "approve", [("id", try #require(r["id"]))])
+        #expect(sudo(h, "/usr/bin/systemctl restart nginx")["decision"] == "allow")
+        let shell = sudo(h, "/bin/sh -c id")
+        #expect(shell["decision"] == "deny" && shell["message"]?.contains("no active grant covers '/bin/sh -c id' as root") == true)
+        #expect(sudo(h, "/usr/bin/systemctl restart nginx", runas: "postgres")["decision"] == "deny")
+        let unsure = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("unsure", "sudo -s (shell)"), ("runas", "root")])
+        #expect(unsure["decision"] == "deny" && unsure["message"]?.contains("only a grant for all commands") == true)
+        // Nothing was filed for the refused uses: the grant the user holds decided.
+        #expect(h.call(D.bob, "list", [("pending", "1")])["count"] == "0")
+    }
+}
