@@ -1,5 +1,6 @@
 import Foundation
 import JITCore
+import JITSudoers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,5 +74,65 @@ extension Engine {
 
     private func deny(_ text: String) -> Message {
         Message("ok", [("decision", "deny"), ("message", text)])
+    }
+}
+
+extension Engine {
+    /// `recordings`: the sudo sessions recorded under a grant (`record:`), or one session's playback. Root,
+    /// approvers and the grant's owner. Every session listed is linked into the trail once (`sudo.recording`,
+    /// with its TSID and the command sudo ran).
+    func recordings(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        let gid = try id(m, "grant")
+        guard let g = try store.grant(id: gid) else { throw JITError(.notFound, "there is no grant \(gid); list grants with 'jit grants'") }
+        guard g.user == c.name || c.isRoot || config.policy.isApprover(c) else {
+            throw JITError(.unauthorized, "grant \(gid) is not yours; only its owner, root and approvers may replay its recordings")
+        }
+        guard g.record != .none else {
+            throw JITError(.notFound, "grant \(gid) is not recorded (its rule has no 'record:'); nothing to replay")
+        }
+        let dir = SudoersEffects.ioLogDir(root: config.sudoIODir, grantID: gid)
+        let sessions: [SudoReplay.Session]
+        do { sessions = try SudoReplay.list(dir: dir) } catch { throw JITError(.internal, error.message) }
+        try linkRecordings(g, sessions, dir: dir)
+        if let t = m["session"] {
+            guard let s = sessions.first(where: { $0.tsid == t }) else {
+                throw JITError(.notFound, "grant \(gid) has no recorded session '\(t)'; list them with: jit replay \(gid)")
+            }
+            let out: String
+            do { out = try SudoReplay.replay(dir: dir, tsid: s.tsid) } catch { throw JITError(.internal, error.message) }
+            return Message("ok", [("grant", String(gid)), ("session", s.tsid), ("command", s.command), ("runas", s.runAs),
+                                  ("output", String(out.prefix(Wire.maxFrame / 4)))])
+        }
+        var reply = Message("ok", [("grant", String(gid)), ("dir", dir), ("count", String(sessions.count))])
+        for s in sessions {
+            reply.records.append([("session", s.tsid), ("at", s.when), ("user", s.user), ("runas", s.runAs), ("command", s.command), ("cwd", s.cwd)])
+        }
+        return reply
+    }
+
+    /// Records, once per session, that a use of grant `g` was recorded: its TSID, folder and command.
+    func linkRecordings(_ g: Grant, _ sessions: [SudoReplay.Session], dir: String) throws(JITError) {
+        guard !sessions.isEmpty else { return }
+        var q = Store.AuditQuery(limit: 10_000)
+        q.grantID = g.id
+        let known = Set(try store.events(q).filter { $0.kind == "sudo.recording" }.compactMap { $0.pairs.first { $0.0 == "tsid" }?.1 })
+        for s in sessions where !known.contains(s.tsid) {
+            try store.record("sudo.recording", actor: "jitd", user: g.user, requestID: g.requestID, grantID: g.id,
+                             data: [("tsid", s.tsid), ("dir", dir), ("command", s.command), ("runas", s.runAs), ("started", s.when)], at: clock.now())
+        }
+    }
+
+    /// Links the recordings of recorded grants that are active or ended within the last hour (called by
+    /// the periodic reconcile, so the trail links uses even when nobody replays them).
+    public func linkRecentRecordings() {
+        do {
+            let now = clock.now()
+            for g in try store.recordedGrants(since: now.addingTimeInterval(-3600)) {
+                let dir = SudoersEffects.ioLogDir(root: config.sudoIODir, grantID: g.id)
+                if let sessions = try? SudoReplay.list(dir: dir) { try linkRecordings(g, sessions, dir: dir) }
+            }
+        } catch {
+            logger.warning("linking sudo recordings: \(error.message)")
+        }
     }
 }

@@ -152,6 +152,10 @@ public final class Engine: Sendable {
                 throw JITError(.badRequest, "'wait' is handled by the server")
             default:
                 if let r = try dispatchAudit(m, c) { return r }
+                if m.word == "recordings" {
+                    try m.onlyKeys(["grant", "session"])
+                    return try recordings(m, c)
+                }
                 throw JITError(.badRequest, "the operation '\(m.word)' is not known; see docs/PROTOCOL.md")
             }
         } catch let e as WireError {
@@ -464,6 +468,7 @@ public final class Engine: Sendable {
     public func reconcile() {
         do {
             effects.reconcile(active: try store.activeGrants().filter { $0.expiresAt > clock.now() })
+            linkRecentRecordings()
         } catch {
             logger.error("reconcile: \(error.message)")
         }

@@ -87,3 +87,13 @@ extension Store {
                        arguments: [Timestamps.millis(at), kind, actor, user, requestID, grantID, AuditChain.kv(data)])
     }
 }
+
+extension Store {
+    /// Recorded grants that are active or ended since `since`.
+    public func recordedGrants(since: Date) throws(JITError) -> [Grant] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT \(Store.grantColumns) FROM grants WHERE record != '' AND (state = 'active' OR ended_at >= ? OR expires_at >= ?)",
+                             arguments: [Timestamps.millis(since), Timestamps.millis(since)]).map(Store.grant(from:))
+        }
+    }
+}

@@ -25,6 +25,8 @@ struct RequestView: Codable {
     var approved_via: String?
     var ticket: String?
     var extends: Int64?
+    var uses: Int?
+    var record: String?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -50,6 +52,8 @@ struct RequestView: Codable {
         approved_via = v("approved_via")
         ticket = v("ticket")
         extends = v("extends").flatMap { Int64($0) }
+        uses = v("uses").flatMap { Int($0) }
+        record = v("record")
     }
 
     var scopeText: String {
@@ -75,6 +79,10 @@ struct GrantView: Codable {
     var expires_at: String
     var ended_at: String?
     var ended_by: String?
+    /// Sudo uses allowed and left (a use-limited grant only; state `used` once spent).
+    var uses: Int?
+    var uses_left: Int?
+    var record: String?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -90,6 +98,9 @@ struct GrantView: Codable {
         expires_at = v("expires_at") ?? ""
         ended_at = v("ended_at")
         ended_by = v("ended_by")
+        uses = v("uses").flatMap { Int($0) }
+        uses_left = v("uses_left").flatMap { Int($0) }
+        record = v("record")
     }
 
     var scopeText: String {
@@ -142,6 +153,8 @@ enum Output {
         if !r.rule.isEmpty { lines.append("  rule:        \(r.rule)" + (r.approved_via.map { " (approved via \($0))" } ?? "")) }
         if let t = r.ticket { lines.append("  ticket:      \(clean(t))") }
         if let e = r.extends { lines.append("  extends:     grant \(e)") }
+        if let u = r.uses { lines.append("  uses:        \(u == 1 ? "one (a one-shot grant)" : String(u))") }
+        if let rec = r.record { lines.append("  recorded:    \(rec) (sudo I/O log; jit replay GRANT)") }
         return lines.joined(separator: "\n")
     }
 }

@@ -102,3 +102,165 @@ def test_a_grant_for_all_commands_admits_any_command_as_its_runas_only(agent, pe
     # The standing entry allows -u nobody; the grant is for root only.
     p = Sudo.as_user(alice, "-u", "nobody", "/usr/bin/id", "-u")
     assert p.returncode != 0 and "as nobody" in p.stderr, p.stderr
+
+
+ONCE_AND_RECORDED = """  - name: once-id
+    requesters: {groups: [jit-requesters]}
+    scopes: [commands]
+    commands: ["/usr/bin/id -u", "/usr/bin/id -g"]
+    max_duration: 15m
+    uses: 1
+    approvals: auto
+  - name: recorded-echo
+    requesters: {groups: [jit-requesters]}
+    scopes: [commands]
+    commands: ["/usr/bin/echo jit-marker-4711"]
+    max_duration: 15m
+    record: output
+    approvals: auto
+"""
+
+
+def jit_popen(agent, user, *args):
+    import subprocess
+    from conftest import JIT
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "JIT_SOCKET": agent.socket, "LANG": "C.UTF-8"}
+    return subprocess.Popen(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", JIT, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_pending(agent, approver, proc, limit=20):
+    import time
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        rs = agent.jit_json(approver, "list", "--pending")
+        if rs:
+            return rs[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no pending request appeared")
+
+
+def test_jit_run_files_waits_and_runs_through_sudo(agent, people, etc):
+    agent.write_config(HEAD + AUTO_NGINX)
+    agent.start()
+    alice, bob = people["alice"], people["bob"]
+    Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    p = jit_popen(agent, alice, "run", "--reason", "check uid", "--", "id", "-u")
+    r = wait_pending(agent, bob, p)
+    assert r["commands"] == ["/usr/bin/id -u"] and r["scope"] == "commands"
+    assert agent.jit(bob, "approve", str(r["id"])).returncode == 0
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and out.strip() == "0", (out, err)
+    assert f"request {r['id']}" in err and "jit-approvers" in err, err
+    # The command's own exit status comes back.
+    p = jit_popen(agent, alice, "run", "--reason", "fail", "--", "/usr/bin/false")
+    r = wait_pending(agent, bob, p)
+    assert agent.jit(bob, "approve", str(r["id"])).returncode == 0
+    p.communicate(timeout=30)
+    assert p.returncode == 1
+
+
+def test_jit_run_refuses_relative_and_unknown_commands_before_filing(agent, people):
+    agent.write_config(HEAD + AUTO_NGINX)
+    agent.start()
+    alice = people["alice"]
+    for argv in (["./id"], ["bin/id"], ["no-such-program-4711"], ["/usr/bin/../bin/id"]):
+        p = agent.jit(alice, "run", "--reason", "x", "--", *argv)
+        assert p.returncode == 2 and p.stderr.startswith("jit: "), (argv, p.stderr)
+    p = agent.jit(alice, "run", "--reason", "x", "/usr/bin/id")
+    assert p.returncode == 2 and "after --" in p.stderr, p.stderr
+    assert agent.jit_json(None, "list") == []
+
+
+def test_ctrl_c_cancels_and_a_denied_run_runs_nothing(agent, people, etc, tmpdir_root):
+    import signal
+    agent.write_config(HEAD + AUTO_NGINX)
+    agent.start()
+    alice, bob = people["alice"], people["bob"]
+    Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    p = jit_popen(agent, alice, "run", "--reason", "x", "--", "/usr/bin/id", "-u")
+    r = wait_pending(agent, bob, p)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=10)
+    import time
+    for _ in range(100):
+        if agent.jit_json(alice, "show", str(r["id"]))["state"] == "cancelled":
+            break
+        time.sleep(0.05)
+    assert agent.jit_json(alice, "show", str(r["id"]))["state"] == "cancelled"
+    marker = os.path.join(tmpdir_root, "ran")
+    p = jit_popen(agent, alice, "run", "--reason", "x", "--", "/usr/bin/touch", marker)
+    r = wait_pending(agent, bob, p)
+    assert agent.jit(bob, "deny", str(r["id"]), "--comment", "no").returncode == 0
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 3 and "not granted" in err, err
+    assert not os.path.exists(marker)
+
+
+def test_a_one_shot_grant_is_spent_by_its_first_sudo(agent, people, etc):
+    agent.write_config(HEAD + ONCE_AND_RECORDED)
+    agent.start()
+    alice = people["alice"]
+    Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    assert agent.jit(alice, "request", "--for", "10m", "--command", "/usr/bin/id -u", "--reason", "x").returncode == 0
+    gid = agent.jit_json(alice, "grants")[0]["id"]
+    path = os.path.join(agent.sudoers, f"jit-grant-{gid}")
+    assert os.path.exists(path)
+    p = Sudo.as_user(alice, "/usr/bin/id", "-u")
+    assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr
+    p = Sudo.as_user(alice, "/usr/bin/id", "-u")
+    assert p.returncode != 0
+    assert not os.path.exists(path)
+    g = agent.jit_json(alice, "grants")[0]
+    assert g["state"] == "used" and g["uses"] == 1 and g["uses_left"] == 0, g
+    # With a standing entry, sudo gets as far as the account stage, which says the grant was spent.
+    sudo = Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    standing_all(sudo, etc, alice)
+    p = Sudo.as_user(alice, "/usr/bin/id", "-u")
+    assert p.returncode != 0 and f"grant {gid} was spent" in p.stderr, p.stderr
+    uses = events(agent, "sudo.use")
+    assert len(uses) == 1 and uses[0]["data"]["command"] == "/usr/bin/id -u" and uses[0]["grant_id"] == gid
+    assert events(agent, "grant.used")
+
+
+def test_two_concurrent_first_uses_admit_at_most_one(agent, people, etc):
+    import subprocess
+    agent.write_config(HEAD + ONCE_AND_RECORDED)
+    agent.start()
+    alice = people["alice"]
+    sudo = Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    standing_all(sudo, etc, alice)
+    assert agent.jit(alice, "request", "--for", "10m", "--command", "/usr/bin/id -g", "--reason", "x").returncode == 0
+    procs = [subprocess.Popen(["setpriv", "--reuid", alice, "--regid", alice, "--init-groups", "--", "sudo", "-n", "/usr/bin/id", "-g"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"}) for _ in range(6)]
+    codes = [p.wait(timeout=60) for p in procs]
+    assert codes.count(0) == 1, codes
+
+
+def test_a_recorded_grant_leaves_a_replayable_recording_linked_in_the_trail(agent, people, etc, tmpdir_root):
+    io = os.path.join(tmpdir_root, "sudo-io")
+    agent.write_config(HEAD.replace("pending_ttl: 1h\n", f"pending_ttl: 1h\nsudo_io_dir: {io}\n") + ONCE_AND_RECORDED + AUTO_NGINX)
+    agent.start()
+    alice, bob, eve = people["alice"], people["bob"], people["eve"]
+    Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    p = agent.jit(alice, "run", "--reason", "marker", "--", "/usr/bin/echo", "jit-marker-4711")
+    assert p.returncode == 0 and "jit-marker-4711" in p.stdout, p.stdout + p.stderr
+    g = agent.jit_json(alice, "grants")[0]
+    text = open(os.path.join(agent.sudoers, f"jit-grant-{g['id']}")).read()
+    assert "LOG_OUTPUT:" in text and f"iolog_dir={io}/{g['id']}" in text, text
+    listed = agent.jit_json(alice, "replay", str(g["id"]))
+    assert len(listed) == 1 and listed[0]["command"] == "/usr/bin/echo jit-marker-4711", listed
+    tsid = listed[0]["session"]
+    # sudo's own sudoreplay shows the marker; so does jit replay, for the requester and an approver.
+    assert "jit-marker-4711" in run(["sudoreplay", "-d", f"{io}/{g['id']}", "-m", "0", tsid]).stdout
+    for who in (alice, bob):
+        p = agent.jit(who, "replay", str(g["id"]), "--session", tsid)
+        assert p.returncode == 0 and "jit-marker-4711" in p.stdout, p.stdout + p.stderr
+    p = agent.jit(eve, "replay", str(g["id"]))
+    assert p.returncode == 5, p.stderr
+    linked = events(agent, "sudo.recording")
+    assert len(linked) == 1 and linked[0]["data"]["tsid"] == tsid and linked[0]["grant_id"] == g["id"]
+    assert linked[0]["data"]["command"] == "/usr/bin/echo jit-marker-4711"
+    checks = [e for e in events(agent, "check.sudo") if e["grant_id"] == g["id"]]
+    assert checks and checks[0]["data"]["command"] == "/usr/bin/echo jit-marker-4711"
