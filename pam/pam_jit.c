@@ -440,8 +440,11 @@ static int do_check(struct gate *g, int file, const char *reason, struct jit_rep
 		jit_req_add_uint(&req, "pid", (unsigned long)getpid());
 		jit_req_add(&req, "file", file ? "1" : "0");
 		jit_req_add(&req, "reason", reason);
-		if (g->is_sudo)
+		if (g->is_sudo) {
+			/* Only the account stage's check may spend a use of a use-limited grant. */
+			jit_req_add(&req, "stage", g->stage == ST_ACCOUNT ? "account" : "auth");
 			add_sudo_fields(g, &req);
+		}
 		rc = jit_call(g->o.socket, &req, JIT_IO_TIMEOUT_MS, 0, rep, g->err, sizeof(g->err));
 	} else {
 		snprintf(g->err, sizeof(g->err), "out of memory");
@@ -735,8 +738,25 @@ static int gate(pam_handle_t *pamh, int flags, int argc, const char **argv, enum
 	}
 
 	rc = check_outcome(&g, &r, &id);
-	if (rc == PAM_INCOMPLETE)
+	if (rc == PAM_INCOMPLETE) {
 		rc = pending(&g, &r, id);
+		if (rc == PAM_SUCCESS && stage == ST_ACCOUNT && g.is_sudo) {
+			/*
+			 * Approved while waiting: the use itself is admitted by a fresh check, which matches this
+			 * command against the new grant and spends a use of a use-limited one.
+			 */
+			jit_reply_free(&r);
+			memset(&r, 0, sizeof(r));
+			jrc = do_check(&g, 0, NULL, &r);
+			if (jrc != JIT_OK) {
+				rc = agent_failed(&g, jrc);
+				goto out;
+			}
+			rc = check_outcome(&g, &r, &id);
+			if (rc == PAM_INCOMPLETE)
+				rc = deny_code(&g);
+		}
+	}
 out:
 	jit_reply_free(&r);
 	if (reason != NULL) {

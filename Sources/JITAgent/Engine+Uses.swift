@@ -31,7 +31,11 @@ extension Engine {
             let held = grants.map { "grant \($0.id): \($0.scope.summary) as \($0.runAs)" }.joined(separator: "; ")
             return deny("\(use.refusal) (\(held))")
         }
-        guard g.usesLeft != nil, use.what != .nothing, c.isRoot else { return allow(g, "access granted by grant \(g.id) until \(Timestamps.format(g.expiresAt))") }
+        // Only the PAM account stage (root, stage=account) spends a use: the auth stage, and a user's own
+        // check, only look.
+        guard g.usesLeft != nil, use.what != .nothing, c.isRoot, (m["stage"] ?? "account") == "account" else {
+            return allow(g, "access granted by grant \(g.id) until \(Timestamps.format(g.expiresAt))")
+        }
         switch try store.spendUse(grantID: g.id, command: use.commandForTrail, runAs: use.runAs ?? "", data: [("service", m["service"] ?? "")], at: now) {
         case .spent(let s):
             return deny("grant \(s.id) was spent: its uses were admitted already; request a new grant (jit run ... or jit request)")
@@ -101,13 +105,26 @@ extension Engine {
             let out: String
             do { out = try SudoReplay.replay(dir: dir, tsid: s.tsid) } catch { throw JITError(.internal, error.message) }
             return Message("ok", [("grant", String(gid)), ("session", s.tsid), ("command", s.command), ("runas", s.runAs),
-                                  ("output", String(out.prefix(Wire.maxFrame / 4)))])
+                                  ("output", Engine.fitting(out, bytes: Wire.maxFrame / 2))])
         }
         var reply = Message("ok", [("grant", String(gid)), ("dir", dir), ("count", String(sessions.count))])
         for s in sessions {
             reply.records.append([("session", s.tsid), ("at", s.when), ("user", s.user), ("runas", s.runAs), ("command", s.command), ("cwd", s.cwd)])
         }
         return reply
+    }
+
+    /// The longest prefix of `text` whose wire form (control bytes percent-encoded: 3 bytes each) fits.
+    static func fitting(_ text: String, bytes limit: Int) -> String {
+        var n = 0
+        var out = String.UnicodeScalarView()
+        for u in text.unicodeScalars {
+            let cost = u.value < 0x20 || u.value == 0x7f || u == "%" ? 3 : String(u).utf8.count
+            if n + cost > limit { break }
+            n += cost
+            out.append(u)
+        }
+        return String(out)
     }
 
     /// Records, once per session, that a use of grant `g` was recorded: its TSID, folder and command.

@@ -53,7 +53,9 @@ public enum SudoersRenderer {
             }
             try validateLogDir(dir)
             // sudo refuses the command when it cannot write the log (its default; never turned off here).
-            text += "Defaults:\(entry.user) iolog_dir=\(dir)\n"
+            // log_output for the user as well as the tags: sudo applies the tags of the *last* matching
+            // entry, so a standing entry read after this file would otherwise run the use unrecorded.
+            text += "Defaults:\(entry.user) iolog_dir=\(dir), log_output\(entry.logInput ? ", log_input" : "")\n"
             tag += " LOG_OUTPUT:" + (entry.logInput ? " LOG_INPUT:" : "")
         }
         for command in commands {

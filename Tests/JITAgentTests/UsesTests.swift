@@ -3,6 +3,7 @@ import Testing
 import Synchronization
 import JITCore
 @testable import JITAgent
+import GRDB
 
 /// One-shot and N-use grants (#17): the account-stage check that admits a use spends it in the same
 /// transaction, the last use ends the grant as `used` and removes its sudoers file, and a command grant
@@ -89,5 +90,30 @@ import JITCore
         #expect(unsure["decision"] == "deny" && unsure["message"]?.contains("only a grant for all commands") == true)
         // Nothing was filed for the refused uses: the grant the user holds decided.
         #expect(h.call(D.bob, "list", [("pending", "1")])["count"] == "0")
+    }
+}
+
+/// Migration "i17-uses-record" on a database written before it: grants keep their rows, the audit
+/// triggers still fire on the rebuilt table, and `used` becomes a state the table accepts.
+@Suite struct UsesMigrationTests {
+    @Test func anOlderDatabaseIsUpgradedWithItsGrantsAndTriggers() throws {
+        let dir = TempDir()
+        let path = dir.file("old.db")
+        do {
+            let q = try DatabaseQueue(path: path)
+            q.inDatabase { Store.addAuditFunctions($0) }
+            try Store.migrator.migrate(q, upTo: "notify-v1")
+            try q.write { db in
+                try db.execute(sql: "INSERT INTO requests (user, uid, environment, scope, runas, duration, reason, state, created_at, expires_at) VALUES ('alice', 2001, 'p', 'sudo', 'root', 60, 'r', 'approved', 0, 0)")
+                try db.execute(sql: "INSERT INTO grants (request_id, user, uid, environment, scope, runas, state, starts_at, expires_at) VALUES (1, 'alice', 2001, 'p', 'sudo', 'root', 'active', 0, 9999999999999)")
+            }
+        }
+        let store = try Store(path: path)
+        let g = try #require(try store.grant(id: 1))
+        #expect(g.state == .active && g.uses == nil && g.record == .none)
+        _ = try store.endGrant(id: 1, as: .revoked, by: "root", at: Date())
+        let kinds = try store.events(Store.AuditQuery(limit: 100)).map(\.kind)
+        #expect(kinds.contains("grant.started") && kinds.contains("grant.revoked"))
+        #expect(try store.verifyAudit().problem == nil)
     }
 }

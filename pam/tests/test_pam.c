@@ -843,7 +843,8 @@ static const struct tcase cases[] = {
 	/* Outside sudo's own process the module cannot know what will run: it says so (finding 2). */
 	{ .name = "account sudo: not inside sudo, says unsure", .op = OP_ACCT, .service = "sudo",
 	  .agent = A("allow"), .want = PAM_SUCCESS, .max_ms = 1000, .errors = 0,
-	  .log_has = { "sudo_mode=unsure", "unsure=the PAM service is sudo's but the program is not sudo" },
+	  .log_has = { "sudo_mode=unsure", "unsure=the PAM service is sudo's but the program is not sudo",
+		       "stage=account" },
 	  .log_lacks = "runas=" },
 	{ .name = "account sshd: no sudo fields", .op = OP_ACCT, .service = "sshd",
 	  .agent = A("allow"), .want = PAM_SUCCESS, .max_ms = 1000, .errors = 0,

@@ -264,3 +264,33 @@ def test_a_recorded_grant_leaves_a_replayable_recording_linked_in_the_trail(agen
     assert linked[0]["data"]["command"] == "/usr/bin/echo jit-marker-4711"
     checks = [e for e in events(agent, "check.sudo") if e["grant_id"] == g["id"]]
     assert checks and checks[0]["data"]["command"] == "/usr/bin/echo jit-marker-4711"
+
+
+def test_a_sudo_that_waits_for_approval_spends_the_one_shot_grant_it_was_approved(agent, people, etc):
+    """The account stage files for exactly the command being run, waits, and then admits the use with a fresh
+    check, which spends the one-shot grant: a second sudo is refused even within the window."""
+    import subprocess
+    agent.write_config(HEAD + """  - name: approved-once
+    requesters: {groups: [jit-requesters]}
+    scopes: [commands]
+    commands: ["/usr/bin/id -u"]
+    max_duration: 15m
+    uses: 1
+    approvals: {groups: [jit-approvers]}
+""")
+    agent.start()
+    alice, bob = people["alice"], people["bob"]
+    sudo = Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=30))
+    standing_all(sudo, etc, alice)
+    p = subprocess.Popen(["setpriv", "--reuid", alice, "--regid", alice, "--init-groups", "--", "sudo", "-n", "/usr/bin/id", "-u"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    r = wait_pending(agent, bob, p)
+    assert r["scope"] == "commands" and r["commands"] == ["/usr/bin/id -u"] and r["uses"] == 1, r
+    assert agent.jit(bob, "approve", str(r["id"])).returncode == 0
+    out, err = p.communicate(timeout=30)
+    # sudo shows the module's "waiting" notice on stdout too.
+    assert p.returncode == 0 and "0" in out.splitlines(), (out, err)
+    g = agent.jit_json(alice, "grants")[0]
+    assert g["state"] == "used", g
+    p = Sudo.as_user(alice, "/usr/bin/id", "-u")
+    assert p.returncode != 0 and "was spent" in p.stderr, p.stderr
