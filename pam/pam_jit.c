@@ -344,6 +344,38 @@ static void show_agent_message(struct gate *g, int style, const struct jit_reply
 	say(g->pamh, style, "jit: %s", msg);
 }
 
+extern char **environ;
+
+/* NAME's value in the process environment as the caller handed it (environ is not hooked by sudo). */
+static const char *raw_env(const char *name)
+{
+	size_t n = strlen(name);
+	for (char **e = environ; e != NULL && *e != NULL; e++)
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+			return *e + n + 1;
+	return NULL;
+}
+
+/*
+ * sudo 1.9 hooks getenv() for the modules it loads: at the account stage getenv("SUDO_COMMAND") answers
+ * from the environment sudo builds for the command (its resolved path and arguments), while environ still
+ * holds what the caller exported. Only a value that differs from the caller's own is sudo's.
+ */
+static void add_sudo_command(struct jit_req *req)
+{
+	const char *hooked = getenv("SUDO_COMMAND");
+	const char *raw = raw_env("SUDO_COMMAND");
+	if (hooked == NULL || (raw != NULL && strcmp(hooked, raw) == 0))
+		return;
+	size_t n = strnlen(hooked, JIT_SUDO_MAX_CMDLINE + 1);
+	if (n == 0 || n > JIT_SUDO_MAX_CMDLINE)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)hooked[i] < 0x20 || hooked[i] == 0x7f)
+			return;
+	jit_req_add(req, "sudo_command", hooked);
+}
+
 /*
  * Inside sudo: what it is about to run and as whom, from its own argv (see jit_sudo.h), so that the
  * agent admits the use only under a grant that covers that command line and run-as user. Bounded
@@ -411,6 +443,7 @@ static void add_sudo_fields(struct gate *g, struct jit_req *req)
 	jit_req_add(req, "sudo_mode", "run");
 	jit_req_add(req, "runas", s->runas);
 	jit_req_add(req, "command", s->cmd);
+	add_sudo_command(req);
 	if (s->cmd[0] != '/') {
 		/* A bare name: sudo searches secure_path, or the caller's PATH when none is set. */
 		const char *path = getenv("PATH");

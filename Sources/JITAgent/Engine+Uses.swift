@@ -51,7 +51,26 @@ extension Engine {
     }
 
     func sudoUse(_ m: Message) -> SudoUse {
-        SudoUse.from(m, isExecutable: Engine.isExecutableFile)
+        SudoUse.from(m, isExecutable: Engine.isExecutableFile, isTrustedDir: Engine.isTrustedDir)
+    }
+
+    /// Folders jitd cannot vouch for in a caller's PATH: home and temporary folders (the unit's ProtectHome
+    /// hides homes from jitd, so what is there cannot be seen), and anything not root's or writable by
+    /// others. A folder that does not exist is vouched for only when its nearest existing parent is.
+    static func isTrustedDir(_ path: String) -> Bool {
+        for prefix in ["/home", "/root", "/run/user", "/tmp", "/var/tmp", "/dev/shm"] where path == prefix || path.hasPrefix(prefix + "/") {
+            return false
+        }
+        var p = path
+        while true {
+            var st = stat()
+            if stat(p, &st) == 0 {
+                return (st.st_mode & S_IFMT) == S_IFDIR && st.st_uid == 0 && (st.st_mode & 0o022) == 0
+            }
+            guard errno == ENOENT, p != "/" else { return false }
+            p = (p as NSString).deletingLastPathComponent
+            if p.isEmpty { p = "/" }
+        }
     }
 
     /// The scope a request filed by the PAM module for this sudo use asks for: exactly the command when it

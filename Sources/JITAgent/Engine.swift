@@ -87,7 +87,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys([])
                 return Message("ok", [("version", String(Wire.version)), ("agent", "jitd \(JITVersion.string)"), ("environment", config.environment)])
             case "check":
-                try m.onlyKeys(["user", "service", "rhost", "tty", "pid", "file", "reason", "command", "runas", "path", "sudo_mode", "unsure", "stage"])
+                try m.onlyKeys(["user", "service", "rhost", "tty", "pid", "file", "reason", "command", "runas", "path", "sudo_mode", "unsure", "stage", "sudo_command"])
                 return auditCheck(m, user: m["user"] ?? "", reply: try check(m, c))
             case "cancel":
                 try m.onlyKeys(["request"])

@@ -27,7 +27,7 @@ public struct SudoUse: Equatable, Sendable {
 
     /// Reads the check's sudo fields (`sudo_mode`, `runas`, `command`, `path`, `unsure`). A check without
     /// them (an older module, or a program that is not sudo) is unsure: never guessed.
-    public static func from(_ m: Message, isExecutable: (String) -> Bool) -> SudoUse {
+    public static func from(_ m: Message, isExecutable: (String) -> Bool, isTrustedDir: (String) -> Bool = { _ in true }) -> SudoUse {
         let runAs = m["runas"].flatMap { $0.isEmpty ? nil : $0 }
         switch m["sudo_mode"] {
         case "none":
@@ -36,7 +36,10 @@ public struct SudoUse: Equatable, Sendable {
             guard let line = m["command"], !line.isEmpty else {
                 return SudoUse(what: .unsure("the PAM module sent no command"), runAs: runAs)
             }
-            return SudoUse(what: resolve(line, userPath: m["path"], isExecutable: isExecutable), runAs: runAs)
+            if let sc = m["sudo_command"] {
+                return SudoUse(what: crossCheck(typed: line, sudoCommand: sc), runAs: runAs)
+            }
+            return SudoUse(what: resolve(line, userPath: m["path"], isExecutable: isExecutable, isTrustedDir: isTrustedDir), runAs: runAs)
         case "unsure":
             return SudoUse(what: .unsure(m["unsure"] ?? "the PAM module could not tell what sudo runs"), runAs: runAs)
         default:
@@ -47,8 +50,11 @@ public struct SudoUse: Equatable, Sendable {
     /// Resolves the first word of `line` the way sudo does: an absolute path is taken as it is (it must be
     /// normalised); a bare name is searched in Debian's `secure_path` and in the caller's PATH, and only
     /// when both find the same file is it known (sudo searches one of the two: secure_path when sudoers
-    /// sets it, else the caller's PATH). A relative path, or a name found differently, is unsure.
-    public static func resolve(_ line: String, userPath: String?, isExecutable: (String) -> Bool) -> What {
+    /// sets it, else the caller's PATH). A relative path, or a name found differently, is unsure. Every
+    /// folder of the caller's PATH searched up to the hit must be one `isTrustedDir` vouches for (root's,
+    /// not writable by others): a folder jitd cannot see into (a home folder) could hold another program.
+    public static func resolve(_ line: String, userPath: String?, isExecutable: (String) -> Bool,
+                               isTrustedDir: (String) -> Bool = { _ in true }) -> What {
         let words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard let first = words.first, !first.isEmpty, !words.contains(where: \.isEmpty) else {
             return .unsure("the command line has empty words")
@@ -60,26 +66,45 @@ public struct SudoUse: Equatable, Sendable {
             return .command(joined(first))
         }
         guard !first.contains("/") else { return .unsure("the command \(first) is a relative path") }
-        guard let inSecure = search(first, in: debianSecurePath, isExecutable: isExecutable) else {
+        guard let inSecure = search(first, in: debianSecurePath, isExecutable: isExecutable, isTrustedDir: { _ in true }) else {
             return .unsure("\(first) is not in sudo's secure_path")
         }
         guard let userPath else { return .unsure("the caller's PATH is not known, so \(first) may resolve elsewhere") }
-        switch search(first, in: userPath, isExecutable: isExecutable) {
+        switch search(first, in: userPath, isExecutable: isExecutable, isTrustedDir: isTrustedDir) {
         case .some(let p) where p == inSecure:
             return .command(joined(inSecure))
         case .some(let p):
             return .unsure("\(first) is \(inSecure) in secure_path but \(p) in the caller's PATH")
         case .none:
-            return .unsure("\(first) is not found in the caller's PATH the way sudo would search it")
+            return .unsure("\(first) is not found in the caller's PATH the way sudo would search it, or a folder before it there is not root's")
         }
+    }
+
+    /// sudo's own `SUDO_COMMAND` (its resolved path and arguments, as the module read it through sudo's
+    /// getenv hook) checked against the words typed: the same arguments, and the same path or a bare name
+    /// that is that path's last part. Consistent: that command line; otherwise unsure.
+    public static func crossCheck(typed: String, sudoCommand: String) -> What {
+        let t = typed.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        let c = sudoCommand.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard let path = c.first, isNormalised(path), let first = t.first, Array(t.dropFirst()) == Array(c.dropFirst()) else {
+            return .unsure("sudo's SUDO_COMMAND does not match its command line")
+        }
+        if first.contains("/") {
+            guard first == path else { return .unsure("sudo's SUDO_COMMAND does not match its command line") }
+        } else {
+            guard path.hasSuffix("/" + first) else { return .unsure("sudo's SUDO_COMMAND does not match its command line") }
+        }
+        return .command(sudoCommand)
     }
 
     /// The first directory of `path` holding an executable `name`. sudo skips `.` and empty entries
     /// (ignore_dot); any other relative entry makes the search unsure (nil).
-    static func search(_ name: String, in path: String, isExecutable: (String) -> Bool) -> String? {
-        for dir in path.split(separator: ":", omittingEmptySubsequences: false).map(String.init) {
+    static func search(_ name: String, in path: String, isExecutable: (String) -> Bool, isTrustedDir: (String) -> Bool) -> String? {
+        let dirs = path.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard dirs.count <= 128 else { return nil }
+        for dir in dirs {
             if dir.isEmpty || dir == "." { continue }
-            guard dir.hasPrefix("/") else { return nil }
+            guard dir.hasPrefix("/"), isTrustedDir(dir) else { return nil }
             let candidate = (dir.hasSuffix("/") ? String(dir.dropLast()) : dir) + "/" + name
             guard isNormalised(candidate) else { return nil }
             if isExecutable(candidate) { return candidate }

@@ -39,7 +39,10 @@ public enum SudoReplay {
         }
         let r = Posix.run(sudoreplay, ["-d", dir, "-l"], timeout: 10)
         guard r.status == 0 else { throw SudoersError(.io, "sudoreplay -l in \(dir) failed: \(r.output.prefix(300))") }
-        return r.output.split(separator: "\n").compactMap { parse(String($0)) }
+        // A session's command may hold a line break that looks like another session's line; the real line of
+        // each TSID comes first, so later ones are dropped.
+        var seen = Set<String>()
+        return r.output.split(separator: "\n").compactMap { parse(String($0)) }.filter { seen.insert($0.tsid).inserted }
     }
 
     /// Parses one `sudoreplay -l` line: `DATE : USER : HOST=h ; TTY=t ; CWD=c ; USER=r ; TSID=id ; COMMAND=...`.

@@ -117,3 +117,17 @@ import GRDB
         #expect(try store.verifyAudit().problem == nil)
     }
 }
+
+@Suite struct TrustedPathTests {
+    @Test func homeAndTemporaryFoldersAreNeverVouchedFor() {
+        #expect(!Engine.isTrustedDir("/home/eve/bin"))
+        #expect(!Engine.isTrustedDir("/tmp"))
+        #expect(!Engine.isTrustedDir("/run/user/1000/bin"))
+        #expect(Engine.isTrustedDir("/usr/bin"))
+        #expect(Engine.isTrustedDir("/usr/local/no-such-folder"))
+        let m = Message("check", [("sudo_mode", "run"), ("runas", "root"), ("command", "systemctl restart nginx"), ("path", "/home/eve/bin:/usr/bin:/bin")])
+        guard case .unsure = SudoUse.from(m, isExecutable: Engine.isExecutableFile, isTrustedDir: Engine.isTrustedDir).what else {
+            Issue.record("a home folder first in PATH was trusted"); return
+        }
+    }
+}

@@ -27,6 +27,26 @@ import JITCore
         guard case .unsure = SudoUse.resolve("id", userPath: "/usr/bin", isExecutable: exe) else { Issue.record("disagreeing paths"); return }
     }
 
+    @Test func aFolderJitdCannotVouchForBeforeTheHitMakesItUnsure() {
+        let trusted: (String) -> Bool = { !$0.hasPrefix("/home") }
+        guard case .unsure = SudoUse.resolve("systemctl", userPath: "/home/eve/bin:/usr/bin", isExecutable: { $0 == "/usr/bin/systemctl" }, isTrustedDir: trusted) else {
+            Issue.record("a home folder before the hit was trusted"); return
+        }
+        #expect(SudoUse.resolve("systemctl", userPath: "/usr/bin:/home/eve/bin", isExecutable: exe, isTrustedDir: trusted) == .command("/usr/bin/systemctl"))
+    }
+
+    @Test func sudosOwnCommandIsUsedWhenItMatchesTheArgv() {
+        #expect(SudoUse.crossCheck(typed: "systemctl restart nginx", sudoCommand: "/usr/bin/systemctl restart nginx") == .command("/usr/bin/systemctl restart nginx"))
+        #expect(SudoUse.crossCheck(typed: "/usr/bin/id -u", sudoCommand: "/usr/bin/id -u") == .command("/usr/bin/id -u"))
+        for (typed, sc) in [("systemctl restart nginx", "/usr/bin/systemctl restart apache2"), ("id", "/usr/bin/systemctl"),
+                            ("/bin/id", "/usr/bin/id"), ("id", "id"), ("id", "/usr/bin/../bin/id")] {
+            guard case .unsure = SudoUse.crossCheck(typed: typed, sudoCommand: sc) else { Issue.record("accepted \(typed) / \(sc)"); continue }
+        }
+        // The module's fields: sudo_command wins over PATH resolution.
+        let u = use([("sudo_mode", "run"), ("runas", "root"), ("command", "id -u"), ("sudo_command", "/usr/local/bin/id -u"), ("path", "/usr/bin")])
+        #expect(u.what == .command("/usr/local/bin/id -u"))
+    }
+
     @Test func fieldsFromTheModule() {
         let u = use([("sudo_mode", "run"), ("runas", "root"), ("command", "/usr/bin/id -u")])
         #expect(u == SudoUse(what: .command("/usr/bin/id -u"), runAs: "root"))

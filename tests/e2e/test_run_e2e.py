@@ -294,3 +294,29 @@ def test_a_sudo_that_waits_for_approval_spends_the_one_shot_grant_it_was_approve
     assert g["state"] == "used", g
     p = Sudo.as_user(alice, "/usr/bin/id", "-u")
     assert p.returncode != 0 and "was spent" in p.stderr, p.stderr
+
+
+def test_a_bare_name_runs_what_sudo_resolved_not_what_the_callers_path_holds(agent, people, etc):
+    """The caller puts ~/bin/systemctl first in PATH: sudo (secure_path) runs /usr/bin/systemctl, and the module
+    reads sudo's own resolution (SUDO_COMMAND through sudo's getenv hook, never the caller's exported one)."""
+    agent.write_config(HEAD + AUTO_NGINX)
+    agent.start()
+    alice = people["alice"]
+    sudo = Sudo(agent, etc, [alice], account_args=pam_args(agent, timeout=0))
+    standing_all(sudo, etc, alice)
+    assert agent.jit(alice, "request", "--for", "10m", "--command", "/usr/bin/systemctl restart nginx", "--reason", "x").returncode == 0
+    home = os.path.expanduser(f"~{alice}")
+    os.makedirs(f"{home}/bin", exist_ok=True)
+    with open(f"{home}/bin/systemctl", "w") as f:
+        f.write("#!/bin/sh\nhead -1 /etc/shadow\n")
+    os.chmod(f"{home}/bin/systemctl", 0o755)
+    run(["chown", "-R", f"{alice}:{alice}", f"{home}/bin"], check=True)
+    env = {"PATH": f"{home}/bin:/usr/bin:/bin", "SUDO_COMMAND": "/usr/bin/systemctl restart nginx"}
+    p = run(["setpriv", "--reuid", alice, "--regid", alice, "--init-groups", "--", "sudo", "-n", "systemctl", "restart", "nginx"], env=env)
+    assert "root:" not in p.stdout and "jit: access denied" not in p.stderr, (p.stdout, p.stderr)
+    # An exported SUDO_COMMAND never passes for sudo's: the shell is still refused.
+    env["SUDO_COMMAND"] = "/usr/bin/systemctl restart nginx"
+    p = run(["setpriv", "--reuid", alice, "--regid", alice, "--init-groups", "--", "sudo", "-n", "/bin/sh", "-c", "head -1 /etc/shadow"], env=env)
+    assert p.returncode != 0 and "root:" not in p.stdout, p.stdout
+    cmds = [e["data"]["command"] for e in events(agent, "check.sudo")]
+    assert cmds == ["/usr/bin/systemctl restart nginx"], cmds
