@@ -127,8 +127,16 @@ extension Engine {
                                   ("output", Engine.fitting(out, bytes: Wire.maxFrame / 2))])
         }
         var reply = Message("ok", [("grant", String(gid)), ("dir", dir), ("count", String(sessions.count))])
-        for s in sessions {
-            reply.records.append([("session", s.tsid), ("at", s.when), ("user", s.user), ("runas", s.runAs), ("command", s.command), ("cwd", s.cwd)])
+        var size = 256
+        for (i, s) in sessions.enumerated() {
+            let r = [("session", s.tsid), ("at", s.when), ("user", s.user), ("runas", s.runAs), ("command", s.command), ("cwd", s.cwd)]
+            size += r.reduce(2) { $0 + $1.0.utf8.count + $1.1.utf8.count * 3 + 2 }
+            guard size < Wire.maxFrame - 4096 else {
+                // Every reply fits one frame: the newest sessions are the ones left out, and the reply says so.
+                reply.add("left_out", String(sessions.count - i))
+                break
+            }
+            reply.records.append(r)
         }
         return reply
     }

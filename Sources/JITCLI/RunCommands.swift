@@ -144,6 +144,7 @@ struct Replay: ParsableCommand {
         if json { print(Output.json(rows)); return }
         if rows.isEmpty { print("No recorded sessions for grant \(grant) yet."); return }
         print(Output.table(["SESSION", "STARTED", "RUNAS", "COMMAND"], rows.map { [$0.session, $0.at, $0.runas, $0.command] }))
+        if let n = r["left_out"] { print("(\(n) more sessions did not fit; see them with sudoreplay -d \(Output.clean(r["dir"] ?? "")) -l as root)") }
         print("Replay one with: jit replay \(grant) --session SESSION")
     }
 }
