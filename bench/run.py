@@ -62,7 +62,9 @@ def rss_kb(pid):
 
 
 def check_frame(path, user, service="sudo"):
-    body = f"JIT/1 check\nuser={user}\nservice={service}\nrhost=127.0.0.1\ntty=pts/0\n".encode()
+    # What pam_jit sends from inside sudo: the command and run-as user read from sudo's argv, sudo's own SUDO_COMMAND.
+    sudo = "stage=account\nsudo_mode=run\nrunas=root\ncommand=/usr/bin/id\nsudo_command=/usr/bin/id\n" if service.startswith("sudo") else ""
+    body = f"JIT/1 check\nuser={user}\nservice={service}\nrhost=127.0.0.1\ntty=pts/0\n{sudo}".encode()
     with open(path, "wb") as f:
         f.write(len(body).to_bytes(4, "big") + body)
     return path

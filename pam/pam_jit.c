@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
 #include <limits.h>
@@ -35,6 +36,7 @@
 
 #include "jit_client.h"
 #include "jit_proto.h"
+#include "jit_sudo.h"
 
 #define PUBLIC __attribute__((visibility("default")))
 
@@ -345,6 +347,123 @@ static void show_agent_message(struct gate *g, int style, const struct jit_reply
 	say(g->pamh, style, "jit: %s", msg);
 }
 
+extern char **environ;
+
+/* NAME's value in the process environment as the caller handed it (environ is not hooked by sudo). */
+static const char *raw_env(const char *name)
+{
+	size_t n = strlen(name);
+	for (char **e = environ; e != NULL && *e != NULL; e++)
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+			return *e + n + 1;
+	return NULL;
+}
+
+/*
+ * sudo 1.9 hooks getenv() for the modules it loads: at the account stage getenv("SUDO_COMMAND") answers
+ * from the environment sudo builds for the command (its resolved path and arguments), while environ still
+ * holds what the caller exported. Only a value that differs from the caller's own is sudo's.
+ */
+static void add_sudo_command(struct jit_req *req)
+{
+	const char *hooked = getenv("SUDO_COMMAND");
+	const char *raw = raw_env("SUDO_COMMAND");
+	if (hooked == NULL || (raw != NULL && strcmp(hooked, raw) == 0))
+		return;
+	size_t n = strnlen(hooked, JIT_SUDO_MAX_CMDLINE + 1);
+	if (n == 0 || n > JIT_SUDO_MAX_CMDLINE)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)hooked[i] < 0x20 || hooked[i] == 0x7f)
+			return;
+	jit_req_add(req, "sudo_command", hooked);
+}
+
+/*
+ * Inside sudo: what it is about to run and as whom, from its own argv (see jit_sudo.h), so that the
+ * agent admits the use only under a grant that covers that command line and run-as user. Bounded
+ * reads; anything this module cannot be sure of is sent as unsure=WHY, never guessed.
+ */
+static void add_sudo_fields(struct gate *g, struct jit_req *req)
+{
+	struct jit_sudo *s = malloc(sizeof(*s));
+	char *buf = malloc(JIT_SUDO_MAX_CMDLINE + 1);
+	char exe[PATH_MAX];
+	const char *why = NULL;
+
+	if (s != NULL)
+		memset(s, 0, sizeof(*s));
+	if (s == NULL || buf == NULL) {
+		jit_req_add(req, "sudo_mode", "unsure");
+		jit_req_add(req, "unsure", "out of memory reading sudo's command line");
+		goto out;
+	}
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0) {
+		why = "cannot tell which program is running (/proc/self/exe)";
+	} else {
+		exe[n] = '\0';
+		const char *b = strrchr(exe, '/');
+		if (strcmp(b ? b + 1 : exe, "sudo") != 0)
+			why = "the PAM service is sudo's but the program is not sudo";
+	}
+	size_t len = 0;
+	int truncated = 0;
+	if (why == NULL) {
+		int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			why = "cannot read sudo's command line (/proc/self/cmdline)";
+		} else {
+			while (len < JIT_SUDO_MAX_CMDLINE + 1) {
+				ssize_t r = read(fd, buf + len, JIT_SUDO_MAX_CMDLINE + 1 - len);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0)
+					break;
+				len += (size_t)r;
+			}
+			close(fd);
+			truncated = len > JIT_SUDO_MAX_CMDLINE;
+		}
+	}
+	if (why == NULL) {
+		jit_sudo_parse(buf, truncated ? JIT_SUDO_MAX_CMDLINE : len, truncated, s);
+		why = s->unsure;
+	}
+	if (why != NULL) {
+		jit_req_add(req, "sudo_mode", "unsure");
+		jit_req_add(req, "unsure", why);
+		if (s->unsure != NULL && s->runas[0] != '\0')
+			jit_req_add(req, "runas", s->runas); /* the run-as user is known even so */
+		if (g->o.debug)
+			pam_syslog(g->pamh, LOG_DEBUG, "sudo use by %s: unsure of the command: %s", g->user, why);
+		goto out;
+	}
+	if (s->mode == JIT_SUDO_NOCMD) {
+		jit_req_add(req, "sudo_mode", "none");
+		goto out;
+	}
+	jit_req_add(req, "sudo_mode", "run");
+	jit_req_add(req, "runas", s->runas);
+	jit_req_add(req, "command", s->cmd);
+	add_sudo_command(req);
+	if (s->cmd[0] != '/') {
+		/* A bare name: sudo searches secure_path, or the caller's PATH when none is set. */
+		const char *path = getenv("PATH");
+		if (path != NULL && strlen(path) <= 4096)
+			jit_req_add(req, "path", path);
+	}
+out:
+	if (buf != NULL) {
+		explicit_bzero(buf, JIT_SUDO_MAX_CMDLINE + 1);
+		free(buf);
+	}
+	if (s != NULL) {
+		explicit_bzero(s, sizeof(*s));
+		free(s);
+	}
+}
+
 static int do_check(struct gate *g, int file, const char *reason, struct jit_reply *rep)
 {
 	struct jit_req req;
@@ -357,6 +476,11 @@ static int do_check(struct gate *g, int file, const char *reason, struct jit_rep
 		jit_req_add_uint(&req, "pid", (unsigned long)getpid());
 		jit_req_add(&req, "file", file ? "1" : "0");
 		jit_req_add(&req, "reason", reason);
+		if (g->is_sudo) {
+			/* Only the account stage's check may spend a use of a use-limited grant. */
+			jit_req_add(&req, "stage", g->stage == ST_ACCOUNT ? "account" : "auth");
+			add_sudo_fields(g, &req);
+		}
 		rc = jit_call(g->o.socket, &req, JIT_IO_TIMEOUT_MS, 0, rep, g->err, sizeof(g->err));
 	} else {
 		snprintf(g->err, sizeof(g->err), "out of memory");
@@ -731,8 +855,25 @@ static int gate(pam_handle_t *pamh, int flags, int argc, const char **argv, enum
 	}
 
 	rc = check_outcome(&g, &r, &id);
-	if (rc == PAM_INCOMPLETE)
+	if (rc == PAM_INCOMPLETE) {
 		rc = pending(&g, &r, id);
+		if (rc == PAM_SUCCESS && stage == ST_ACCOUNT && g.is_sudo) {
+			/*
+			 * Approved while waiting: the use itself is admitted by a fresh check, which matches this
+			 * command against the new grant and spends a use of a use-limited one.
+			 */
+			jit_reply_free(&r);
+			memset(&r, 0, sizeof(r));
+			jrc = do_check(&g, 0, NULL, &r);
+			if (jrc != JIT_OK) {
+				rc = agent_failed(&g, jrc);
+				goto out;
+			}
+			rc = check_outcome(&g, &r, &id);
+			if (rc == PAM_INCOMPLETE)
+				rc = deny_code(&g);
+		}
+	}
 out:
 	jit_reply_free(&r);
 	if (reason != NULL) {

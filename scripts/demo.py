@@ -4,7 +4,7 @@
 Starts jitd on an embedded SQLite database in a temp folder and a real sshd on a loopback port with
 pam_jit.so (its own PAM service file, never the host's), creates two throw-away users, and walks through:
 a login refused, a request filed, the approver approving it, the waiting login let in, sudo under a grant,
-revocation, sudo refused again. It leaves the machine as it found it, even when interrupted (Ctrl-C).
+revocation, sudo refused again, and `jit run --once`: one command approved, run through sudo, the grant spent. It leaves the machine as it found it, even when interrupted (Ctrl-C).
 """
 import json
 import os
@@ -145,6 +145,33 @@ def main():
             fail("a login got in after revocation")
         ok("login refused again")
         show(f"jit list   # as {ben}", agent.jit(ben, "list"))
+
+        say(f"8. Approve the action, not the person: {ana} asks to run one command once (jit run --once). "
+            f"{ben} approves that exact command line; it runs through sudo, and the grant is spent by that one use.")
+        result = {}
+        t = threading.Thread(target=lambda: result.update(p=agent.jit(ana, "run", "--once", "--reason", "check the worker's uid", "--", "id", "-u")))
+        t.start()
+        for _ in range(200):
+            pend = agent.jit_json(ben, "list", "--pending")
+            if pend:
+                break
+            time.sleep(0.05)
+        else:
+            fail("jit run filed no request")
+        rid = pend[0]["id"]
+        print(f"  ... {ana}'s jit run waits for request {rid}: {pend[0]['commands'][0]} (once) ...")
+        show(f"jit approve {rid}   # as {ben}", agent.jit(ben, "approve", str(rid)))
+        t.join(timeout=60)
+        show(f"jit run --once --reason '...' -- id -u   # as {ana}", result["p"])
+        if result["p"].returncode != 0 or result["p"].stdout.strip() != "0":
+            fail("jit run did not run the approved command")
+        ok("the approved command ran through sudo and exited with its own status")
+        p = Sudo.as_user(ana, "/usr/bin/id", "-u")
+        show("sudo -n /usr/bin/id -u   # as " + ana + ", again", p)
+        if p.returncode == 0:
+            fail("a spent one-shot grant worked twice")
+        g = [g for g in agent.jit_json(ben, "grants") if g["request_id"] == rid][0]
+        ok(f"refused: grant {g['id']} is {g['state']}; its sudoers file is gone")
 
         say("Done. Cleaning up: agent and sshd stopped, users, PAM and sudoers files removed.")
         return 0

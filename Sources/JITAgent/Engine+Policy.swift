@@ -17,6 +17,16 @@ public struct ApprovalResult: Sendable {
 extension Engine {
     func host(_ c: Config) -> HostFacts { HostFacts(environment: c.environment, labels: Set(c.labels)) }
 
+    /// A grant's use limit: the fewer of what the request asked for (`--once`) and the rule's `uses`.
+    static func uses(asked: Int?, rule: Int?) -> Int? {
+        switch (asked, rule) {
+        case (nil, nil): nil
+        case (let a?, nil): a
+        case (nil, let r?): r
+        case (let a?, let r?): min(a, r)
+        }
+    }
+
     /// Admits a draft under the rules and stores it: pending, or approved at once (with its grant) when
     /// the matching rule is automatic. `extending` makes it an extension of that grant.
     public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?) throws(JITError) -> Store.Decision {
@@ -31,7 +41,7 @@ extension Engine {
             user: who.name, uid: who.uid, environment: draft.environment ?? cfg.environment, scope: draft.scope, runAs: draft.runAs ?? "",
             duration: draft.duration ?? a.rule.defaultDuration, reason: draft.reason, createdAt: now,
             expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: a.rule.name, rhost: d.rhost, service: d.service,
-            ticket: draft.ticket, extends: extending?.id)
+            ticket: draft.ticket, extends: extending?.id, uses: Engine.uses(asked: d.uses, rule: a.rule.uses), record: a.rule.record)
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
         try admitFiling(for: who)
         if a.automatic {

@@ -116,7 +116,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["session", "user", "service", "pid"])
                 return try sessionClose(m, c)
             case "request":
-                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass"])
+                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass", "uses"])
                 return Message("ok", try fileRequest(m, c).fields)
             case "list":
                 try m.onlyKeys(["pending", "mine", "before"])
@@ -168,6 +168,10 @@ public final class Engine: Sendable {
                 throw JITError(.badRequest, "'wait' is handled by the server")
             default:
                 if let r = try dispatchAudit(m, c) { return r }
+                if m.word == "recordings" {
+                    try m.onlyKeys(["grant", "session"])
+                    return try recordings(m, c)
+                }
                 throw JITError(.badRequest, "the operation '\(m.word)' is not known; see docs/PROTOCOL.md")
             }
         } catch let e as WireError {
@@ -234,7 +238,13 @@ public final class Engine: Sendable {
         guard secs > 0 else { throw JITError(.invalid, "the duration must be at least 1s; use --for like 30m or 1h") }
         let scope: Scope
         do { scope = try Scope(name: m["scope"] ?? "login", commands: m.all("command")) } catch { throw JITError(error) }
-        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"])
+        var uses: Int? = nil
+        if let u = m["uses"] {
+            guard let n = Int(u), (1...1000).contains(n) else { throw JITError(.invalid, "uses must be a whole number from 1 to 1000 (--once is 1)") }
+            guard scope.includesSudo else { throw JITError(.invalid, "uses counts sudo uses; a login request takes none") }
+            uses = n
+        }
+        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"], uses: uses)
         if try m.boolField("break_glass") {
             return try breakGlass(draft, for: who).request
         }
@@ -286,7 +296,11 @@ public final class Engine: Sendable {
         }
         let kind = ServiceKind(service: service)
         let now = clock.now()
-        if let g = try store.coveringGrant(user: user, kind: kind, now: now) {
+        if kind == .sudo {
+            // #13 finding 2 / #17: a sudo use is admitted only by a grant covering its command line and
+            // run-as user, and a grant with a use limit is spent by it (see Engine+Uses.swift).
+            if let r = try checkSudoUse(m, c, user: user, now: now) { return r }
+        } else if let g = try store.coveringGrant(user: user, kind: kind, now: now) {
             return Message("ok", [
                 ("decision", "allow"), ("grant", String(g.id)), ("expires_at", Timestamps.format(g.expiresAt)),
                 ("message", "access granted by grant \(g.id) until \(Timestamps.format(g.expiresAt))"),
@@ -303,7 +317,8 @@ public final class Engine: Sendable {
         if reason.isEmpty {
             reason = "(no reason given) \(service) \(what) attempt" + (rhost.isEmpty ? "" : " from \(rhost)")
         }
-        let draft = Draft(scope: kind == .sudo ? .sudo : .login, reason: reason, rhost: rhost, service: service)
+        let (scope, runAs) = kind == .sudo ? sudoDraftScope(m) : (.login, nil)
+        let draft = Draft(scope: scope, runAs: runAs, reason: reason, rhost: rhost, service: service)
         do {
             let d = try fileDecision(draft, for: who, extending: nil)
             if let g = d.grant {
@@ -464,6 +479,7 @@ public final class Engine: Sendable {
     public func reconcile() {
         do {
             effects.reconcile(active: try store.activeGrants().filter { $0.expiresAt > clock.now() })
+            linkRecentRecordings()
         } catch {
             logger.error("reconcile: \(error.message)")
         }

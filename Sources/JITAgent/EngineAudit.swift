@@ -11,7 +11,15 @@ extension Engine {
         let decision = reply["decision"] ?? "deny"
         guard decision != "ignore", !dropUnrecorded(decision: decision, user: user) else { return reply }
         var data: [(String, String)] = [("service", m["service"] ?? ""), ("decision", decision)]
-        for k in ["rhost", "tty", "pid", "command"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
+        for k in ["rhost", "tty", "pid"] { if let v = m[k], !v.isEmpty { data.append((k, v)) } }
+        if ServiceKind(service: m["service"] ?? "") == .sudo {
+            // What sudo runs, as the module read it from sudo's argv, or a sentence saying it is not known.
+            let use = sudoUse(m)
+            data.append(("command", use.commandForTrail))
+            if let r = use.runAs { data.append(("runas", r)) }
+        } else if let v = m["command"], !v.isEmpty {
+            data.append(("command", v))
+        }
         if decision != "allow", let msg = reply["message"] { data.append(("why", msg)) }
         let kind = decision == "allow" ? (ServiceKind(service: m["service"] ?? "") == .sudo ? "check.sudo" : "check.login") : "check.\(decision)"
         do {

@@ -30,13 +30,13 @@ extension Store {
     func insertPending(_ db: Database, _ r: AccessRequest) throws -> AccessRequest {
         try db.execute(
             sql: """
-                INSERT INTO requests (user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, rule, rhost, service, ticket, extends)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO requests (user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, rule, rhost, service, ticket, extends, uses, record)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 r.user, Int64(r.uid), r.environment, r.scope.name, r.scope.commands.joined(separator: "\n"), r.runAs,
                 r.duration, r.reason, Timestamps.millis(r.createdAt), Timestamps.millis(r.expiresAt), r.rule, r.rhost, r.service,
-                r.ticket, r.extends,
+                r.ticket, r.extends, r.uses.map { Int64($0) }, r.record.rawValue,
             ])
         var out = r
         out.id = db.lastInsertedRowID
@@ -88,11 +88,12 @@ extension Store {
         }
         var g = Grant(
             requestID: r.id, user: r.user, uid: r.uid, environment: r.environment, scope: r.scope, runAs: r.runAs,
-            startsAt: now, expiresAt: end(nil), noPassword: noPassword, coversLogin: login || r.scope == .login)
+            startsAt: now, expiresAt: end(nil), noPassword: noPassword, coversLogin: login || r.scope == .login, uses: r.uses, record: r.record)
         try db.execute(
-            sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd, login) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+            sql: "INSERT INTO grants (request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, nopasswd, login, uses, uses_left, record) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
             arguments: [g.requestID, g.user, Int64(g.uid), g.environment, g.scope.name, g.scope.commands.joined(separator: "\n"), g.runAs,
-                        Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0, g.coversLogin ? 1 : 0])
+                        Timestamps.millis(g.startsAt), Timestamps.millis(g.expiresAt), noPassword ? 1 : 0, g.coversLogin ? 1 : 0,
+                        g.uses.map { Int64($0) }, g.usesLeft.map { Int64($0) }, g.record.rawValue])
         g.id = db.lastInsertedRowID
         r.grantID = g.id
         return Decision(request: r, grant: g, decided: true)

@@ -175,12 +175,13 @@ public final class Store: Sendable {
                 UPDATE grants SET login = 0 WHERE scope = 'commands';
                 """)
         }
+        Store.registerUsesMigration(&m)
         return m
     }
 
     // MARK: rows
 
-    static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service, approved_via, ticket, extends"
+    static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service, approved_via, ticket, extends, uses, record"
 
     static func scope(_ name: String, _ commands: String) -> Scope {
         switch name {
@@ -204,10 +205,11 @@ public final class Store: Sendable {
             decidedAt: (row["decided_at"] as Int64?).map(Timestamps.date(millis:)), decidedBy: row["decided_by"],
             comment: row["comment"], rule: row["rule"], rhost: row["rhost"], service: row["service"],
             approvals: approvals, grantID: grantID, approvedVia: (row["approved_via"] as String?).flatMap(ApprovedVia.init(rawValue:)),
-            ticket: row["ticket"], extends: extends)
+            ticket: row["ticket"], extends: extends, uses: (row["uses"] as Int64?).map { Int($0) },
+            record: RecordMode(rawValue: row["record"]) ?? .none)
     }
 
-    static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd, login"
+    static let grantColumns = "id, request_id, user, uid, environment, scope, commands, runas, state, starts_at, expires_at, ended_at, ended_by, nopasswd, login, uses, uses_left, record"
 
     static func grant(from row: Row) -> Grant {
         Grant(
@@ -216,7 +218,8 @@ public final class Store: Sendable {
             state: GrantState(rawValue: row["state"]) ?? .expired,
             startsAt: Timestamps.date(millis: row["starts_at"]), expiresAt: Timestamps.date(millis: row["expires_at"]),
             endedAt: (row["ended_at"] as Int64?).map(Timestamps.date(millis:)), endedBy: row["ended_by"],
-            noPassword: (row["nopasswd"] as Int64) != 0, coversLogin: (row["login"] as Int64) != 0)
+            noPassword: (row["nopasswd"] as Int64) != 0, coversLogin: (row["login"] as Int64) != 0, uses: (row["uses"] as Int64?).map { Int($0) },
+            usesLeft: (row["uses_left"] as Int64?).map { Int($0) }, record: RecordMode(rawValue: row["record"]) ?? .none)
     }
 
     /// Runs a write transaction, turning database failures into an `internal` error that changed nothing.
@@ -392,23 +395,26 @@ public final class Store: Sendable {
         try coveringGrants(user: user, kind: kind, now: now).max { $0.expiresAt < $1.expiresAt }
     }
 
-    /// Every active grant of `user` that covers `kind` now.
+    /// Every active, unexpired grant of the user that covers `kind` (from the same cache).
     public func coveringGrants(user: String, kind: ServiceKind, now: Date) throws(JITError) -> [Grant] {
+        try cachedActiveGrants(user: user)
+            .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) }
+    }
+
+    func cachedActiveGrants(user: String) throws(JITError) -> [Grant] {
         let gen = generation.load(ordering: .sequentiallyConsistent)
-        var mine = grantCache.withLock { c -> [Grant]? in
+        if let mine = grantCache.withLock({ c -> [Grant]? in
             guard let c, c.gen == gen else { return nil }
             return c.byUser[user] ?? []
+        }) {
+            return mine
         }
-        if mine == nil {
-            // Read with the generation taken before the query: a change committed meanwhile bumps it, and the
-            // next check reloads.
-            var byUser: [String: [Grant]] = [:]
-            for g in try activeGrants() { byUser[g.user, default: []].append(g) }
-            grantCache.withLock { $0 = (gen, byUser) }
-            mine = byUser[user] ?? []
-        }
-        return mine!
-            .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) }
+        // Read with the generation taken before the query: a change committed meanwhile bumps it, and the
+        // next check reloads.
+        var byUser: [String: [Grant]] = [:]
+        for g in try activeGrants() { byUser[g.user, default: []].append(g) }
+        grantCache.withLock { $0 = (gen, byUser) }
+        return byUser[user] ?? []
     }
 
     /// Ends an active grant as expired or revoked.

@@ -14,9 +14,14 @@ public final class SudoersEffects: GrantEffects {
     /// Records an audit event: kind, grant, details.
     let record: @Sendable (String, Int64?, [(String, String)]) -> Void
 
+    /// Where recorded grants' I/O logs go: `ioLogRoot/GRANT`.
+    public let ioLogRoot: String
+
     public init(path: String, visudo: String = "/usr/sbin/visudo", clock: any JITClock = SystemClock(), logger: Logger,
+                ioLogRoot: String = "/var/log/jit/sudo-io",
                 record: @escaping @Sendable (String, Int64?, [(String, String)]) -> Void = { _, _, _ in }) {
         directory = SudoersDirectory(path: path, visudo: visudo)
+        self.ioLogRoot = ioLogRoot
         self.logger = logger
         self.clock = clock
         self.record = record
@@ -27,10 +32,21 @@ public final class SudoersEffects: GrantEffects {
         }
     }
 
-    static func entry(_ g: Grant) -> SudoersEntry? {
+    func entry(_ g: Grant) -> SudoersEntry? {
         guard g.scope.includesSudo else { return nil }
-        return SudoersEntry(grantID: g.id, user: g.user, runAs: g.runAs.isEmpty ? "root" : g.runAs,
-                            commands: g.scope == .sudo ? nil : g.scope.commands, noPassword: g.noPassword, notAfter: g.expiresAt)
+        var e = SudoersEntry(grantID: g.id, user: g.user, runAs: g.runAs.isEmpty ? "root" : g.runAs,
+                             commands: g.scope == .sudo ? nil : g.scope.commands, noPassword: g.noPassword, notAfter: g.expiresAt)
+        if g.record != .none {
+            e.logOutput = true
+            e.logInput = g.record.logsInput
+            e.ioLogDir = SudoersEffects.ioLogDir(root: ioLogRoot, grantID: g.id)
+        }
+        return e
+    }
+
+    /// The folder sudo writes grant `id`'s I/O logs to.
+    public static func ioLogDir(root: String, grantID: Int64) -> String {
+        (root.hasSuffix("/") ? String(root.dropLast()) : root) + "/" + String(grantID)
     }
 
     /// Refuses, before anything is stored, a request whose sudoers rendering would be refused later.
@@ -42,7 +58,7 @@ public final class SudoersEffects: GrantEffects {
     }
 
     public func started(_ g: Grant) throws(JITError) {
-        guard let e = SudoersEffects.entry(g) else { return }
+        guard let e = entry(g) else { return }
         do {
             try lock.withLock { _ throws(SudoersError) in try directory.install(e, now: clock.now()) }
             logger.info("sudoers: wrote \(directory.path)/\(directory.fileName(for: g.id)) for grant \(g.id), until \(Timestamps.format(g.expiresAt))")
@@ -65,7 +81,7 @@ public final class SudoersEffects: GrantEffects {
     }
 
     public func reconcile(active: [Grant]) {
-        let entries = active.compactMap(SudoersEffects.entry)
+        let entries = active.compactMap(entry)
         do {
             let drifts = try lock.withLock { _ throws(SudoersError) in try directory.reconcile(active: entries, now: clock.now()) }
             for d in drifts {

@@ -18,15 +18,16 @@ public struct JIT: ParsableCommand {
               0  success (for 'request --wait': access granted)
               1  jitd refused or failed (the message says why)
               2  usage error (bad option, bad duration)
-              3  'request --wait': not granted (denied, cancelled, expired, or still pending at --timeout)
+              3  'request --wait', 'run': not granted (denied, cancelled, expired, or still pending at --timeout)
+                 ('jit run' otherwise exits with the command's own status)
               4  jitd cannot be reached, or did not answer
               5  not allowed (you are not the owner, not an approver, or it is your own request)
               6  no such request or grant
             """,
         version: JITVersion.cliString,
         subcommands: [
-            Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
-            PolicyCommand.self, MFA.self, Audit.self,
+            Request.self, Run.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
+            PolicyCommand.self, MFA.self, Audit.self, Replay.self,
         ]
     )
     public init() {}

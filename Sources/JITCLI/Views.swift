@@ -27,6 +27,8 @@ struct RequestView: Codable {
     var extends: Int64?
     /// Commands that give a shell or any file (CommandRisk): approvers read these before approving.
     var warnings: [String]
+    var uses: Int?
+    var record: String?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -53,6 +55,8 @@ struct RequestView: Codable {
         approved_via = v("approved_via")
         ticket = v("ticket")
         extends = v("extends").flatMap { Int64($0) }
+        uses = v("uses").flatMap { Int($0) }
+        record = v("record")
     }
 
     var scopeText: String {
@@ -80,6 +84,10 @@ struct GrantView: Codable {
     var ended_by: String?
     /// Whether the grant also opens login (its rule lists `login`).
     var login: Bool
+    /// Sudo uses allowed and left (a use-limited grant only; state `used` once spent).
+    var uses: Int?
+    var uses_left: Int?
+    var record: String?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -96,6 +104,9 @@ struct GrantView: Codable {
         ended_at = v("ended_at")
         ended_by = v("ended_by")
         login = v("login") == "1"
+        uses = v("uses").flatMap { Int($0) }
+        uses_left = v("uses_left").flatMap { Int($0) }
+        record = v("record")
     }
 
     var scopeText: String {
@@ -150,6 +161,8 @@ enum Output {
         if !r.rule.isEmpty { lines.append("  rule:        \(r.rule)" + (r.approved_via.map { " (approved via \($0))" } ?? "")) }
         if let t = r.ticket { lines.append("  ticket:      \(clean(t))") }
         if let e = r.extends { lines.append("  extends:     grant \(e)") }
+        if let u = r.uses { lines.append("  uses:        \(u == 1 ? "one (a one-shot grant)" : String(u))") }
+        if let rec = r.record { lines.append("  recorded:    \(rec) (sudo I/O log; jit replay GRANT)") }
         return lines.joined(separator: "\n")
     }
 }

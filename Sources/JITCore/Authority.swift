@@ -41,7 +41,10 @@ public struct Draft: Equatable, Sendable {
     public var service: String
     /// A ticket reference (`--ticket`), checked against the rule's pattern.
     public var ticket: String?
-    public init(environment: String? = nil, scope: Scope, runAs: String? = nil, duration: Int64? = nil, reason: String, rhost: String = "", service: String = "", ticket: String? = nil) {
+    /// Sudo uses asked for (`jit run --once`: 1); the rule's `uses` caps it.
+    public var uses: Int?
+    public init(environment: String? = nil, scope: Scope, runAs: String? = nil, duration: Int64? = nil, reason: String, rhost: String = "", service: String = "", ticket: String? = nil, uses: Int? = nil) {
+        self.uses = uses
         self.environment = environment
         self.scope = scope
         self.runAs = runAs

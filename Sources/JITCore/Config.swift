@@ -76,6 +76,8 @@ public struct Config: Equatable, Sendable {
     public var socket: String = Config.defaultSocket
     public var database: String = Config.defaultDatabase
     public var sudoersDir: String = Config.defaultSudoersDir
+    /// Where sudo writes the I/O logs of recorded grants (`record:`), one folder per grant.
+    public var sudoIODir: String = "/var/log/jit/sudo-io"
     public var pendingTTL: Int64 = 3600
     /// How often sudoers files are reconciled with the store even when nothing changed (at most 1 minute).
     public var reconcileInterval: Int64 = 60
@@ -130,7 +132,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "limits", "policy", "rules", "break_glass"], path: "")
+        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "sudo_io_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "limits", "policy", "rules", "break_glass"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -141,6 +143,7 @@ public struct Config: Equatable, Sendable {
             case "socket": c.socket = try r.absolutePath(value, path: key)
             case "database": c.database = try r.absolutePath(value, path: key)
             case "sudoers_dir": c.sudoersDir = try r.absolutePath(value, path: key)
+            case "sudo_io_dir": c.sudoIODir = try r.absolutePath(value, path: key)
             case "pending_ttl": c.pendingTTL = try r.duration(value, path: key, ceiling: Config.hardCeiling)
             case "reconcile_interval": c.reconcileInterval = try r.duration(value, path: key, ceiling: 60)
             case "audit": c.audit = try parseAudit(value, r: r)

@@ -48,6 +48,11 @@ public enum FieldRules {
         "scope": Rule(maxBytes: 32, syntax: .ascii(wordChars), what: "a word"),
         "otp": Rule(maxBytes: 16, syntax: .ascii("0123456789"), what: "a code of digits"),
         "archive": Rule(maxBytes: 4096, syntax: .text, what: "a path"),
+        // What the module reads inside sudo (SudoUse): the invoking user's PATH, sudo's mode and SUDO_COMMAND.
+        "path": Rule(maxBytes: 4096, syntax: .text, what: "a PATH"),
+        "sudo_mode": Rule(maxBytes: 16, syntax: .ascii(wordChars), what: "run, none or unsure"),
+        "stage": Rule(maxBytes: 16, syntax: .ascii(wordChars), what: "account or auth"),
+        "sudo_command": Rule(maxBytes: Limits.commandBytes, syntax: .text, what: "a command line"),
     ]
     /// Whole numbers (IDs, seconds, flags): bounded here; each operation says what a bad one means.
     static let numbers: Set<String> = ["id", "request", "grant", "session", "before", "after", "for", "timeout", "file",
@@ -115,5 +120,6 @@ public enum FieldRules {
     /// through which service and process, to run what as whom). Only the module knows them, so only a root
     /// peer may send them: from anyone else they are claims, and jitd refuses them (issue 13, finding 1).
     /// A new field of this kind is added here, and `check` and the session operations accept it only from root.
-    public static let moduleContext: [String] = ["service", "rhost", "tty", "pid", "command", "runas"]
+    public static let moduleContext: [String] = ["service", "rhost", "tty", "pid", "command", "runas",
+                                                 "path", "sudo_mode", "unsure", "stage", "sudo_command"]
 }

@@ -66,9 +66,10 @@ public enum RequestState: String, Sendable, Codable, CaseIterable {
     }
 }
 
-/// Life cycle of a grant: active → expired | revoked, nothing else.
+/// Life cycle of a grant: active → expired | revoked | used, nothing else. `used`: a grant with a use
+/// limit (`uses: N`, `jit run --once`) whose last use was admitted.
 public enum GrantState: String, Sendable, Codable, CaseIterable {
-    case active, expired, revoked
+    case active, expired, revoked, used
 
     public func transition(to next: GrantState) throws(TransitionError) -> GrantState {
         guard self == .active, next != .active else {
@@ -84,6 +85,29 @@ public struct TransitionError: Error, Equatable, Sendable, CustomStringConvertib
     public var to: String
     public var description: String {
         "the \(entity) is \(from) and cannot become \(to)"
+    }
+}
+
+/// What sudo records of a grant's uses (`record:` in a rule): nothing, what the command printed, or what
+/// it printed and what was typed. Rendered as sudo's own `LOG_OUTPUT:` / `LOG_INPUT:` tags.
+public enum RecordMode: String, Equatable, Sendable, CaseIterable {
+    case none = ""
+    case output = "output"
+    case inputOutput = "input,output"
+
+    public var logsOutput: Bool { self != .none }
+    public var logsInput: Bool { self == .inputOutput }
+
+    /// Reads `output`, `input,output` (either order, `input` alone is refused: sudo's input log without the
+    /// output cannot be replayed), or empty.
+    public init(text: String) throws(ValidationError) {
+        let parts = Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        switch parts {
+        case []: self = .none
+        case ["output"]: self = .output
+        case ["input", "output"]: self = .inputOutput
+        default: throw ValidationError("record must be 'output' or 'input,output', not '\(text)'")
+        }
     }
 }
 
@@ -115,14 +139,21 @@ public struct AccessRequest: Equatable, Sendable {
     public var ticket: String?
     /// For an extension: the grant it asks more time for.
     public var extends: Int64?
+    /// How many sudo uses the grant allows (nil: any number until it ends): `jit run --once`, or the rule's `uses`.
+    public var uses: Int?
+    /// What sudo records of the grant's uses (the rule's `record`).
+    public var record: RecordMode
 
     public init(
         id: Int64 = 0, user: String, uid: UInt32, environment: String, scope: Scope, runAs: String,
         duration: Int64, reason: String, state: RequestState = .pending, createdAt: Date, expiresAt: Date,
         decidedAt: Date? = nil, decidedBy: String? = nil, comment: String? = nil, rule: String = "default",
         rhost: String = "", service: String = "", approvals: [String] = [], grantID: Int64? = nil,
-        approvedVia: ApprovedVia? = nil, ticket: String? = nil, extends: Int64? = nil
+        approvedVia: ApprovedVia? = nil, ticket: String? = nil, extends: Int64? = nil, uses: Int? = nil,
+        record: RecordMode = .none
     ) {
+        self.uses = uses
+        self.record = record
         self.id = id
         self.user = user
         self.uid = uid
@@ -168,6 +199,8 @@ public struct AccessRequest: Equatable, Sendable {
         if let v = approvedVia { f.append(("approved_via", v.rawValue)) }
         if let t = ticket { f.append(("ticket", t)) }
         if let e = extends { f.append(("extends", String(e))) }
+        if let u = uses { f.append(("uses", String(u))) }
+        if record != .none { f.append(("record", record.rawValue)) }
         return f
     }
 }
@@ -191,13 +224,22 @@ public struct Grant: Equatable, Sendable {
     /// whose rule lists `login` in its `scopes` (the same approval path would have granted a login). A rule
     /// that grants only commands or sudo never opens ssh (issue 13, finding 7).
     public var coversLogin: Bool
+    /// Sudo uses allowed in all (nil: no limit) and how many are left.
+    public var uses: Int?
+    public var usesLeft: Int?
+    /// What sudo records of the grant's uses.
+    public var record: RecordMode
 
     public init(
         id: Int64 = 0, requestID: Int64, user: String, uid: UInt32, environment: String, scope: Scope,
         runAs: String, state: GrantState = .active, startsAt: Date, expiresAt: Date, endedAt: Date? = nil,
-        endedBy: String? = nil, noPassword: Bool = true, coversLogin: Bool? = nil
+        endedBy: String? = nil, noPassword: Bool = true, coversLogin: Bool? = nil, uses: Int? = nil, usesLeft: Int? = nil,
+        record: RecordMode = .none
     ) {
         self.coversLogin = coversLogin ?? (scope.name != "commands")
+        self.uses = uses
+        self.usesLeft = usesLeft ?? uses
+        self.record = record
         self.id = id
         self.requestID = requestID
         self.user = user
@@ -235,6 +277,8 @@ public struct Grant: Equatable, Sendable {
         ]
         if let d = endedAt { f.append(("ended_at", Timestamps.format(d))) }
         if let b = endedBy { f.append(("ended_by", b)) }
+        if let u = uses { f += [("uses", String(u)), ("uses_left", String(usesLeft ?? 0))] }
+        if record != .none { f.append(("record", record.rawValue)) }
         return f
     }
 }

@@ -276,6 +276,10 @@ public struct Rule: Equatable, Sendable {
     public var conditions = Conditions()
     /// Said when the conditions refuse a request.
     public var refusal: String?
+    /// Sudo uses each grant allows (nil: any number while it lasts); `uses: 1` makes one-shot grants.
+    public var uses: Int?
+    /// What sudo records of each use (`record: output` / `input,output`).
+    public var record: RecordMode = .none
 
     public init(name: String, line: Int? = nil, requesters: Requesters) {
         self.name = name

@@ -7,7 +7,7 @@ import Yams
 extension Config {
     static let ruleKeys = [
         "name", "requesters", "environments", "labels", "scopes", "commands", "runas", "max_duration", "default_duration",
-        "require_reason", "ticket", "approvals", "when", "refusal",
+        "require_reason", "ticket", "approvals", "when", "refusal", "uses", "record",
     ]
     static let policyRuleKeys = [
         "requester_groups", "approver_groups", "approvals_required", "max_duration", "default_duration", "require_reason", "scopes", "runas",
@@ -124,6 +124,21 @@ extension Config {
                 throw fail(v, "ticket", "'\(p)' is not a valid regular expression, e.g. ^OPS-[0-9]+$")
             }
             rule.ticket = p
+        }
+        if let (_, v) = m["uses"] {
+            let n = try r.int(v, path: "\(at) uses")
+            guard (1...1000).contains(n) else { throw fail(v, "uses", "must be a whole number from 1 to 1000 (1: one-shot grants)") }
+            guard rule.scopes.contains("sudo") || rule.scopes.contains("commands") else {
+                throw fail(v, "uses", "counts sudo uses, but 'scopes' has neither 'sudo' nor 'commands'")
+            }
+            rule.uses = n
+        }
+        if let (_, v) = m["record"] {
+            let t = try r.string(v, path: "\(at) record")
+            do { rule.record = try RecordMode(text: t) } catch { throw fail(v, "record", error.message) }
+            guard rule.scopes.contains("sudo") || rule.scopes.contains("commands") else {
+                throw fail(v, "record", "records sudo uses, but 'scopes' has neither 'sudo' nor 'commands'")
+            }
         }
         guard let (_, ap) = m["approvals"] else {
             throw fail(node, "approvals", "is required: 'approvals: auto', or who approves, e.g. approvals: {required: 1, groups: [leads]}")

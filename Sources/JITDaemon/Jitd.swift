@@ -33,7 +33,7 @@ struct Run: ParsableCommand {
         logger.logLevel = .info
         do {
             let agent = try Agent(configPath: config, overrides: Overrides(socket: socket, database: database, sudoersDir: sudoersDir), logger: logger) { config, logger, store in
-                SudoersEffects(path: config.sudoersDir, logger: logger) { kind, grant, data in
+                SudoersEffects(path: config.sudoersDir, logger: logger, ioLogRoot: config.sudoIODir) { kind, grant, data in
                     try? store.record(kind, actor: "jitd", user: "", grantID: grant, data: data, at: Date())
                 }
             }

@@ -26,6 +26,12 @@ public struct SudoersEntry: Sendable, Equatable {
     /// Set only when the policy explicitly allowed the glob characters `* ? [ ]` in commands. Everything
     /// else is still refused. Note `/path *` does not match a call with no arguments.
     public var allowWildcards: Bool
+    /// sudo records what the command prints (`LOG_OUTPUT:`) and, with ``logInput``, what is typed (`LOG_INPUT:`).
+    public var logOutput: Bool = false
+    public var logInput: Bool = false
+    /// With logging on: the folder sudo writes this grant's I/O logs to (`Defaults:USER iolog_dir=...`); an
+    /// absolute, normalised path of letters, digits and `/ . _ -` only.
+    public var ioLogDir: String? = nil
 
     public init(
         grantID: Int64,

@@ -42,12 +42,41 @@ public enum SudoersRenderer {
         } else {
             commands = ["ALL"]
         }
-        let tag = entry.noPassword ? "NOPASSWD:" : "PASSWD:"
+        var tag = entry.noPassword ? "NOPASSWD:" : "PASSWD:"
         var text = "# jit-access grant \(entry.grantID) for \(entry.user): managed by jitd; edits are reverted.\n"
+        if entry.logOutput || entry.logInput {
+            guard entry.logOutput else {
+                throw SudoersError(.invalidCommand, "an input log without the output log cannot be replayed; record output too")
+            }
+            guard let dir = entry.ioLogDir else {
+                throw SudoersError(.invalidCommand, "a recorded grant needs the folder its I/O logs go to")
+            }
+            try validateLogDir(dir)
+            // sudo refuses the command when it cannot write the log (its default; never turned off here).
+            // log_output for the user as well as the tags: sudo applies the tags of the *last* matching
+            // entry, so a standing entry read after this file would otherwise run the use unrecorded.
+            text += "Defaults:\(entry.user) iolog_dir=\(dir), log_output\(entry.logInput ? ", log_input" : "")\n"
+            tag += " LOG_OUTPUT:" + (entry.logInput ? " LOG_INPUT:" : "")
+        }
         for command in commands {
             text += "\(entry.user) ALL=(\(entry.runAs)) NOTAFTER=\(notAfter) \(tag) \(command)\n"
         }
         return text
+    }
+
+    /// An I/O log folder: absolute, normalised, only letters, digits and `/ . _ -` (no sudoers escapes such
+    /// as `%{user}`, no spaces, quotes or commas).
+    static func validateLogDir(_ dir: String) throws(SudoersError) {
+        let bytes = Array(dir.utf8)
+        let ok = bytes.count > 1 && bytes.count <= 256 && bytes[0] == UInt8(ascii: "/") && bytes.allSatisfy { b in
+            (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+                || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || b == UInt8(ascii: "/") || b == UInt8(ascii: ".")
+                || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+        }
+        let segments = dir.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        guard ok, !segments.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+            throw SudoersError(.invalidCommand, "the I/O log folder \(quoted(dir)) must be an absolute, normalised path of letters, digits and / . _ -")
+        }
     }
 
     static func validateGrantID(_ id: Int64) throws(SudoersError) {

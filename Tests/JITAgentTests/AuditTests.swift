@@ -11,7 +11,7 @@ import JITCore
         let id = try h.file(scope: "sudo", seconds: 60)
         _ = h.call(D.bob, "approve", [("id", String(id)), ("comment", "ok")])
         _ = h.call(D.root, "session_open", [("user", "alice"), ("service", "sshd"), ("rhost", "10.0.0.1"), ("tty", "pts/1"), ("pid", "999")])
-        _ = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("command", "/usr/bin/id"), ("rhost", "10.0.0.1")])
+        _ = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "run"), ("runas", "root"), ("command", "/usr/bin/id"), ("rhost", "10.0.0.1")])
         _ = h.call(D.root, "session_close", [("user", "alice"), ("service", "sshd"), ("pid", "999")])
         h.clock.advance(61)
         h.engine.expireDue()

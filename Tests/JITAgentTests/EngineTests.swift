@@ -12,14 +12,14 @@ typealias D = FakeDirectory
         #expect(h.call(D.alice, "check", [("user", "alice"), ("service", "sshd")])["code"] == "unauthorized")
         #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sshd")])["decision"] == "deny")
         let id = try h.file(scope: "sudo")
-        let check = h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])
+        let check = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])
         #expect(check["decision"] == "pending")
         #expect(check["request"] == String(id))
         let a = h.call(D.bob, "approve", [("id", String(id)), ("comment", "go")])
         #expect(a["state"] == "approved")
         #expect(a["grant"] == "1")
         #expect(h.effects.entries == ["started 1"])
-        let ok = h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])
+        let ok = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])
         #expect(ok["decision"] == "allow")
         #expect(ok["grant"] == "1")
         #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sshd")])["decision"] == "allow")
@@ -32,7 +32,7 @@ typealias D = FakeDirectory
         let id = try h.file(scope: "login")
         _ = h.call(D.bob, "approve", [("id", String(id))])
         #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sshd")])["decision"] == "allow")
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "deny")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] == "deny")
     }
 
     @Test func nobodyApprovesTheirOwnRequestAndNonApproversCannot() throws {
@@ -158,7 +158,7 @@ typealias D = FakeDirectory
         #expect(r["code"] == "internal")
         #expect(r["message"]?.contains("revoked") == true)
         #expect(try h.engine.store.grant(id: 1)?.state == .revoked)
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] != "allow")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] != "allow")
     }
 
     @Test func checkGatesOnlyWhomThePolicyGates() throws {
@@ -183,7 +183,7 @@ typealias D = FakeDirectory
         #expect(r.reason.contains("10.1.2.3"))
         #expect(r.duration == 3600)
         // A pending login request does not stand in for sudo: sudo files its own.
-        let sudo = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("file", "1")])
+        let sudo = h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root"), ("file", "1")])
         #expect(sudo["request"] != first["request"])
     }
 
@@ -250,7 +250,7 @@ typealias D = FakeDirectory
         #expect(try e2.store.request(id: 2)?.state == .pending)
         #expect(try e2.store.request(id: 1)?.state == .approved)
         #expect(try e2.store.activeGrants().map(\.id) == [1])
-        #expect(e2.handle(Message("check", [("user", "alice"), ("service", "sudo")]), from: D.root)["decision"] == "allow")
+        #expect(e2.handle(Message("check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")]), from: D.root)["decision"] == "allow")
     }
 
     @Test func aCorruptDatabaseIsRefusedWithTheFileNamed() throws {
@@ -311,17 +311,17 @@ typealias D = FakeDirectory
     @Test func theCheckCacheNeverOutlivesARevocationOrAnExpiry() throws {
         let h = try Harness()
         let id = try h.file(scope: "sudo", seconds: 60)
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "pending")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] == "pending")
         _ = h.call(D.bob, "approve", [("id", String(id))])
         // Warm the cache, then revoke: the very next check is refused.
-        for _ in 0..<3 { #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "allow") }
+        for _ in 0..<3 { #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] == "allow") }
         _ = h.call(D.bob, "revoke", [("id", "1")])
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] != "allow")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] != "allow")
         // A grant past its time is refused even before the scheduler has expired it in the store.
         let id2 = try h.file(scope: "sudo", seconds: 60)
         _ = h.call(D.bob, "approve", [("id", String(id2))])
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "allow")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] == "allow")
         h.clock.advance(61)
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] != "allow")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] != "allow")
     }
 }

@@ -167,7 +167,7 @@ extension Harness {
         let r = h.call(D.ivan, "request", [("for", "600"), ("reason", "db down"), ("scope", "sudo"), ("break_glass", "1")])
         #expect(r["state"] == "approved" && r["approved_via"] == "break-glass" && r["rule"] == "break-glass" && r["decided_by"] == "ivan")
         #expect(h.notifier.entries == ["break-glass 1 grant 1"])
-        #expect(h.call(D.root, "check", [("user", "ivan"), ("service", "sudo")])["decision"] == "allow")
+        #expect(h.call(D.root, "check", [("user", "ivan"), ("service", "sudo"), ("sudo_mode", "unsure"), ("runas", "root")])["decision"] == "allow")
     }
 
     @Test func extensionAddsTimeUnderTheRules() throws {

@@ -72,6 +72,13 @@ import Testing
         #expect(groups == ["devs", "sre", "security", "managers", "oncall", "breakglass"])
     }
 
+    @Test func usesAndRecord() throws {
+        let c = try Config.parse(Self.head + "    scopes: [commands]\n    commands: [/usr/bin/id]\n    approvals: auto\n    uses: 1\n    record: input,output\n", file: "t.yaml")
+        #expect(c.policy.rules[0].uses == 1 && c.policy.rules[0].record == .inputOutput)
+        let d = try Config.parse(Self.head + "    scopes: [sudo]\n    approvals: auto\n    record: output\n", file: "t.yaml")
+        #expect(d.policy.rules[0].uses == nil && d.policy.rules[0].record == .output)
+    }
+
     @Test func theShippedPolicyIsOneImplicitRuleNamedDefault() throws {
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../packaging/jit.yaml")
         let c = try Config.load(path: url.path)
@@ -129,6 +136,10 @@ import Testing
         ("    scopes: [login]\n    approvals: auto\n    when: {time_zone: UTC, hours: \"09:00-09:00\"}\n", 8, "rule r1: when.hours", "empty"),
         ("    scopes: [login]\n    approvals: auto\n    when: {time_zone: UTC, hours: \"9am-5pm\"}\n", 8, "rule r1: when.hours", "not an hour range"),
         ("    scopes: [login]\n    approvals: auto\n    when: {time_zone: UTC, days: [funday]}\n", 8, "rule r1: when.days", "not a day"),
+        ("    scopes: [sudo]\n    approvals: auto\n    uses: 0\n", 8, "rule r1: uses", "from 1 to 1000"),
+        ("    scopes: [login]\n    approvals: auto\n    uses: 1\n", 8, "rule r1: uses", "neither 'sudo' nor 'commands'"),
+        ("    scopes: [sudo]\n    approvals: auto\n    record: input\n", 8, "rule r1: record", "'output' or 'input,output'"),
+        ("    scopes: [login]\n    approvals: auto\n    record: output\n", 8, "rule r1: record", "neither 'sudo' nor 'commands'"),
     ])
     func badRulesNameTheRuleAndTheLine(body: String, line: Int, field: String, words: String) {
         do {

@@ -172,7 +172,7 @@ def test_check_events_survive_sigkill(agent, people):
 
     def checker():
         nonlocal answered
-        body = f"JIT/1 check\nuser={alice}\nservice=sudo\ncommand=/usr/bin/id\n".encode()
+        body = f"JIT/1 check\nuser={alice}\nservice=sudo\nsudo_mode=run\nrunas=root\ncommand=/usr/bin/id\n".encode()
         while not stop.is_set():
             try:
                 if b"decision=allow" in raw_call(agent.socket, body, timeout=2):
