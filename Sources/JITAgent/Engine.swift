@@ -102,8 +102,10 @@ public final class Engine: Sendable {
                 return Message("ok", [("version", String(Wire.version)), ("agent", "jitd \(JITVersion.string)"), ("environment", config.environment)])
             case "check":
                 try m.onlyKeys(Engine.checkKeys)
-                guard c.isRoot else { throw refuseModuleQuestion(m, from: c) }
+                // A non-root peer's check is refused, but rate-limited and journal-capped first: its refusal is
+                // recorded, and one user's flood of refusals must not fill the journal or the disk.
                 try admitCheck(from: c, user: m["user"] ?? "")
+                guard c.isRoot else { throw refuseModuleQuestion(m, from: c) }
                 return auditCheck(m, user: m["user"] ?? "", reply: try check(m, c))
             case "cancel":
                 try m.onlyKeys(["request"])

@@ -55,7 +55,8 @@ import JITCore
         let r = h.call(D.alice, "request", [("for", "600"), ("reason", "x"), ("scope", "commands"), ("command", "/usr/bin/systemctl restart nginx")])
         #expect(r["state"] == "approved")
         #expect(try h.engine.store.activeGrants().first?.coversLogin == false)
-        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo")])["decision"] == "allow")
+        #expect(h.call(D.root, "check", [("user", "alice"), ("service", "sudo"), ("sudo_mode", "run"), ("runas", "root"),
+                                         ("command", "/usr/bin/systemctl restart nginx")])["decision"] == "allow")
         let login = h.call(D.root, "check", [("user", "alice"), ("service", "sshd"), ("file", "1")])
         #expect(login["decision"] == "pending", "\(login)")
         let pending = try #require(try h.engine.store.request(id: Int64(login["request"] ?? "") ?? 0))
