@@ -11,12 +11,12 @@ public protocol SessionControl: Sendable {
     func warn(_ s: Store.Session, message: String)
     /// Ends every process of the session (not only the one PAM reported).
     func terminate(_ s: Store.Session)
-    /// Ends every process of `uid` started at or after `since` (the user holds no grant any more).
-    func endProcesses(uid: UInt32, startedSince since: Date)
+    /// Ends every process of `uid` started between `from` and `to` (under a grant; the user holds none any more).
+    func endProcesses(uid: UInt32, startedFrom from: Date, to: Date)
 }
 
 extension SessionControl {
-    public func endProcesses(uid: UInt32, startedSince since: Date) {}
+    public func endProcesses(uid: UInt32, startedFrom from: Date, to: Date) {}
 }
 
 /// One process as /proc shows it.
@@ -184,9 +184,9 @@ public struct ProcessSessions: SessionControl {
         }
     }
 
-    public func endProcesses(uid: UInt32, startedSince since: Date) {
-        guard uid != 0, let from = ProcessSessions.ticks(at: since, proc: proc) else { return }
-        end { all().filter { $0.uid == uid && $0.startTicks >= from && $0.pid > 1 && $0.pid != getpid() } }
+    public func endProcesses(uid: UInt32, startedFrom from: Date, to: Date) {
+        guard uid != 0, let a = ProcessSessions.ticks(at: from, proc: proc), let b = ProcessSessions.ticks(at: to, proc: proc) else { return }
+        end { all().filter { $0.uid == uid && $0.startTicks >= a && $0.startTicks <= b && $0.pid > 1 && $0.pid != getpid() } }
     }
 
     /// A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's starttime).
@@ -211,7 +211,7 @@ extension Engine {
     /// through an approval path at least as strong (an automatic rule never keeps a login approved by a person
     /// alive), or is ended (policy `on_expiry: terminate`: every process of the session) or left running
     /// (`keep`: only new logins and sudo stop). When the user then holds no grant at all, their processes
-    /// started since the grant began end too (`terminate` only).
+    /// started under the grant (between its start and its end) end too (`terminate` only).
     func endSessions(of g: Grant) {
         let now = clock.now()
         let cfg = config
@@ -237,8 +237,11 @@ extension Engine {
             }
             if cfg.policy.onExpiry == .terminate, g.uid != 0, try !store.activeGrants().contains(where: { $0.user == g.user && $0.expiresAt > now }),
                let who = directory.user(name: g.user), who.uid == g.uid, cfg.policy.gates(who) {
-                sessions.endProcesses(uid: g.uid, startedSince: g.startsAt)
-                logger.notice("\(g.user) holds no grant any more: their processes started since \(Timestamps.format(g.startsAt)) are ended")
+                // Only what started under the grant: from its start to its end (a late expiry, e.g. at a restart,
+                // never reaches what the user started after the grant was over).
+                let end = min(g.expiresAt, g.endedAt ?? now)
+                sessions.endProcesses(uid: g.uid, startedFrom: g.startsAt, to: end)
+                logger.notice("\(g.user) holds no grant any more: their processes started under grant \(g.id) (\(Timestamps.format(g.startsAt)) to \(Timestamps.format(end))) are ended")
             }
         } catch {
             logger.error("ending sessions of grant \(g.id): \(error.message)")
