@@ -186,16 +186,19 @@ public struct ProcessSessions: SessionControl {
 
     public func endProcesses(uid: UInt32, startedFrom from: Date, to: Date) {
         guard uid != 0, let a = ProcessSessions.ticks(at: from, proc: proc), let b = ProcessSessions.ticks(at: to, proc: proc) else { return }
-        end { all().filter { $0.uid == uid && $0.startTicks >= a && $0.startTicks <= b && $0.pid > 1 && $0.pid != getpid() } }
+        // Two ticks short of the end: a process started at the very end is left alone rather than risk one
+        // started just after.
+        end { all().filter { $0.uid == uid && $0.startTicks >= a && $0.startTicks <= b - 2 && $0.pid > 1 && $0.pid != getpid() } }
     }
 
-    /// A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's starttime).
+    /// A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's starttime), counted back from
+    /// /proc/uptime (10 ms resolution; /proc/stat's btime is whole seconds, too coarse to tell a process started
+    /// just after a grant ended from one started just before).
     static func ticks(at d: Date, proc: String) -> Int64? {
-        guard let text = try? String(contentsOfFile: "\(proc)/stat", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("btime ") }),
-              let btime = Double(line.dropFirst(6).trimmingCharacters(in: .whitespaces)) else { return nil }
+        guard let text = try? String(contentsOfFile: "\(proc)/uptime", encoding: .utf8),
+              let up = text.split(separator: " ").first.flatMap({ Double($0) }) else { return nil }
         let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return Int64(max(0, (d.timeIntervalSince1970 - btime) * hz))
+        return Int64(max(0, (up - Date().timeIntervalSince(d)) * hz))
     }
 }
 
