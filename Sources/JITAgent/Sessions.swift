@@ -11,12 +11,12 @@ public protocol SessionControl: Sendable {
     func warn(_ s: Store.Session, message: String)
     /// Ends every process of the session (not only the one PAM reported).
     func terminate(_ s: Store.Session)
-    /// Ends every process of `uid` started at or after `since` (the user holds no grant any more).
-    func endProcesses(uid: UInt32, startedSince since: Date)
+    /// Ends every process of `uid` started between `from` and `to` (under a grant; the user holds none any more).
+    func endProcesses(uid: UInt32, startedFrom from: Date, to: Date)
 }
 
 extension SessionControl {
-    public func endProcesses(uid: UInt32, startedSince since: Date) {}
+    public func endProcesses(uid: UInt32, startedFrom from: Date, to: Date) {}
 }
 
 /// One process as /proc shows it.
@@ -184,18 +184,21 @@ public struct ProcessSessions: SessionControl {
         }
     }
 
-    public func endProcesses(uid: UInt32, startedSince since: Date) {
-        guard uid != 0, let from = ProcessSessions.ticks(at: since, proc: proc) else { return }
-        end { all().filter { $0.uid == uid && $0.startTicks >= from && $0.pid > 1 && $0.pid != getpid() } }
+    public func endProcesses(uid: UInt32, startedFrom from: Date, to: Date) {
+        guard uid != 0, let a = ProcessSessions.ticks(at: from, proc: proc), let b = ProcessSessions.ticks(at: to, proc: proc) else { return }
+        // Two ticks short of the end: a process started at the very end is left alone rather than risk one
+        // started just after.
+        end { all().filter { $0.uid == uid && $0.startTicks >= a && $0.startTicks <= b - 2 && $0.pid > 1 && $0.pid != getpid() } }
     }
 
-    /// A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's starttime).
+    /// A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's starttime), counted back from
+    /// /proc/uptime (10 ms resolution; /proc/stat's btime is whole seconds, too coarse to tell a process started
+    /// just after a grant ended from one started just before).
     static func ticks(at d: Date, proc: String) -> Int64? {
-        guard let text = try? String(contentsOfFile: "\(proc)/stat", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("btime ") }),
-              let btime = Double(line.dropFirst(6).trimmingCharacters(in: .whitespaces)) else { return nil }
+        guard let text = try? String(contentsOfFile: "\(proc)/uptime", encoding: .utf8),
+              let up = text.split(separator: " ").first.flatMap({ Double($0) }) else { return nil }
         let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return Int64(max(0, (d.timeIntervalSince1970 - btime) * hz))
+        return Int64(max(0, (up - Date().timeIntervalSince(d)) * hz))
     }
 }
 
@@ -211,7 +214,7 @@ extension Engine {
     /// through an approval path at least as strong (an automatic rule never keeps a login approved by a person
     /// alive), or is ended (policy `on_expiry: terminate`: every process of the session) or left running
     /// (`keep`: only new logins and sudo stop). When the user then holds no grant at all, their processes
-    /// started since the grant began end too (`terminate` only).
+    /// started under the grant (between its start and its end) end too (`terminate` only).
     func endSessions(of g: Grant) {
         let now = clock.now()
         let cfg = config
@@ -237,8 +240,11 @@ extension Engine {
             }
             if cfg.policy.onExpiry == .terminate, g.uid != 0, try !store.activeGrants().contains(where: { $0.user == g.user && $0.expiresAt > now }),
                let who = directory.user(name: g.user), who.uid == g.uid, cfg.policy.gates(who) {
-                sessions.endProcesses(uid: g.uid, startedSince: g.startsAt)
-                logger.notice("\(g.user) holds no grant any more: their processes started since \(Timestamps.format(g.startsAt)) are ended")
+                // Only what started under the grant: from its start to its end (a late expiry, e.g. at a restart,
+                // never reaches what the user started after the grant was over).
+                let end = min(g.expiresAt, g.endedAt ?? now)
+                sessions.endProcesses(uid: g.uid, startedFrom: g.startsAt, to: end)
+                logger.notice("\(g.user) holds no grant any more: their processes started under grant \(g.id) (\(Timestamps.format(g.startsAt)) to \(Timestamps.format(end))) are ended")
             }
         } catch {
             logger.error("ending sessions of grant \(g.id): \(error.message)")
