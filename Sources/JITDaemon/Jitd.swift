@@ -6,7 +6,7 @@ import Logging
 
 /// `jitd`: the agent's command tree. A library, so that the `jitd` executable and the multi-call binary
 /// the package ships (`jit-multicall`, installed as both `jit` and `jitd`) run the same commands.
-public struct Jitd: ParsableCommand {
+public struct Jitd: AsyncParsableCommand {
     public init() {}
 
     public static let configuration = CommandConfiguration(
@@ -14,9 +14,15 @@ public struct Jitd: ParsableCommand {
         abstract: "The jit-access agent: serves requests, approvals and grants on this host.",
         discussion: "Runs as root. See jitd(8), jit.yaml(5) and docs/PROTOCOL.md.",
         version: JITVersion.string,
-        subcommands: [Run.self, CheckConfig.self, RevokeAll.self],
+        subcommands: [Run.self, CheckConfig.self, RevokeAll.self, ServerCommand.self, Enrol.self],
         defaultSubcommand: Run.self
     )
+
+    /// Parses the command line and runs the command (the async entry point: `jitd server` and `jitd enrol`
+    /// are async; the agent's own commands stay synchronous).
+    public static func runMain() async {
+        await main(nil)
+    }
 }
 
 struct Run: ParsableCommand {
