@@ -72,7 +72,7 @@ public enum FleetServer {
             guard !fm.fileExists(atPath: config.caKey), !fm.fileExists(atPath: config.caCertificate) else {
                 throw FleetError("exists", "a fleet CA is already at \(config.caKey): a new CA would cut off every enrolled host. To renew only the TLS certificate use --reissue-tls; to start over, remove \(config.caKey) and \(config.caCertificate) yourself")
             }
-            let (c, key) = try FleetCA.create(commonName: "jit-access fleet CA", lifetime: 10 * 365 * 86_400)
+            let (c, key) = try FleetCA.create(commonName: "jit-access fleet CA " + JoinToken.generate(caFingerprint: []).id.prefix(8), lifetime: 10 * 365 * 86_400)
             try SecureFiles.write(key.pemRepresentation, to: config.caKey, mode: 0o600)
             try SecureFiles.write(c.pem, to: config.caCertificate, mode: 0o644)
             ca = c
