@@ -6,7 +6,7 @@ import Logging
 
 /// `jitd`: the agent's command tree. A library, so that the `jitd` executable and the multi-call binary
 /// the package ships (`jit-multicall`, installed as both `jit` and `jitd`) run the same commands.
-public struct Jitd: AsyncParsableCommand {
+public struct Jitd: ParsableCommand {
     public init() {}
 
     public static let configuration = CommandConfiguration(
@@ -18,11 +18,35 @@ public struct Jitd: AsyncParsableCommand {
         defaultSubcommand: Run.self
     )
 
-    /// Parses the command line and runs the command (the async entry point: `jitd server` and `jitd enrol`
-    /// are async; the agent's own commands stay synchronous).
-    public static func runMain() async {
-        await main(nil)
+    /// Parses the command line and runs the command. The agent's commands run synchronously on the main
+    /// thread, as before, so that no Swift concurrency thread exists when the agent blocks its signals for
+    /// sigwait (one would otherwise take SIGHUP and die of it). The fleet's commands (`server`, `enrol`) are
+    /// async: they run as a task while the main thread waits for it.
+    public static func runMain() -> Never {
+        do {
+            var command = try parseAsRoot()
+            guard let async = command as? any AsyncParsableCommand else {
+                try command.run()
+                exit()
+            }
+            nonisolated(unsafe) var task = async
+            let outcome = AsyncOutcome()
+            Task.detached {
+                do { try await task.run() } catch { outcome.error = error }
+                outcome.done.signal()
+            }
+            outcome.done.wait()
+            exit(withError: outcome.error)
+        } catch {
+            exit(withError: error)
+        }
     }
+}
+
+/// What the async command ended with; the semaphore orders the write before the read.
+final class AsyncOutcome: @unchecked Sendable {
+    var error: (any Error)?
+    let done = DispatchSemaphore(value: 0)
 }
 
 struct Run: ParsableCommand {

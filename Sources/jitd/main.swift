@@ -1,3 +1,3 @@
 import JITDaemon
 
-await Jitd.runMain()
+Jitd.runMain()
