@@ -76,12 +76,51 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The command tree of `jitd` (run, check-config, revoke-all).
+        // What a fleet host and the control plane share: the join token, the CA fingerprint, the host
+        // certificate's identity fields, the API's wire types; and the host's side of enrolment and renewal.
+        .target(
+            name: "JITFleet",
+            dependencies: [
+                "JITCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        // The control plane (`jitd server`): server.yaml, PostgreSQL, the fleet CA, the HTTPS API.
+        .target(
+            name: "JITServer",
+            dependencies: [
+                "JITCore",
+                "JITFleet",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
+        // The command tree of `jitd` (run, check-config, revoke-all, server, enrol).
         .target(
             name: "JITDaemon",
             dependencies: [
                 "JITAgent",
                 "JITCore",
+                "JITFleet",
+                "JITServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -96,6 +135,17 @@ let package = Package(
             dependencies: [
                 "JITCore", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "JITFleetTests",
+            dependencies: [
+                "JITFleet",
+                "JITServer",
+                "JITCore",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),

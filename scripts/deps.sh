@@ -59,6 +59,9 @@ py_module aiosmtpd python3-aiosmtpd aiosmtpd
 py_module trustme python3-trustme trustme
 py_module standardwebhooks - standardwebhooks
 py_module psycopg python3-psycopg "psycopg[binary]"
+# The fleet's end-to-end tests speak HTTPS to the control plane as a host would, and craft CSRs and certificates.
+py_module requests python3-requests requests
+py_module cryptography python3-cryptography cryptography
 
 if ! command -v swift >/dev/null 2>&1; then
     echo "deps: swift is not on PATH; add the Swift 6 toolchain (e.g. export PATH=/opt/swift/usr/bin:\$PATH)" >&2

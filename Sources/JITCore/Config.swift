@@ -1,5 +1,5 @@
 import Foundation
-import Yams
+package import Yams
 
 /// A config error that names the file, the line and the field to fix.
 public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -104,7 +104,7 @@ public struct Config: Equatable, Sendable {
         return try parse(text, file: path)
     }
 
-    static func reason(_ error: any Error) -> String {
+    package static func reason(_ error: any Error) -> String {
         let ns = error as NSError
         if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain,
             let s = strerror(Int32(u.code))
@@ -116,17 +116,7 @@ public struct Config: Equatable, Sendable {
 
     /// Parses config text. Unknown keys, wrong types and bad values are errors, never ignored.
     public static func parse(_ text: String, file: String = "jit.yaml") throws(ConfigError) -> Config {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let YamlError.duplicatedKeysInMapping(keys, context) {
-            throw ConfigError(file: file, line: context.mark.line, field: keys.joined(separator: ", "), message: "is given twice in the same mapping (first here); keep one")
-        } catch let e as YamlError {
-            throw ConfigError(file: file, line: YAMLReader.line(of: e), field: "", message: "not valid YAML: \(YAMLReader.problem(of: e))")
-        } catch {
-            throw ConfigError(file: file, line: nil, field: "", message: "not valid YAML: \(error)")
-        }
-        guard let root else {
+        guard let root = try YAMLReader.compose(text, file: file) else {
             throw ConfigError(file: file, line: 1, field: "", message: "the file is empty; it needs at least 'environment:'")
         }
         let r = YAMLReader(file: file)
@@ -219,17 +209,31 @@ public struct Config: Equatable, Sendable {
 }
 
 /// Typed access to a Yams node tree that reports errors with the line and the field path.
-struct YAMLReader {
-    let file: String
+package struct YAMLReader {
+    package let file: String
+    package init(file: String) { self.file = file }
 
-    static func line(of e: YamlError) -> Int? {
+    /// The node tree of a YAML text (nil when empty); syntax errors and duplicate keys name their line.
+    package static func compose(_ text: String, file: String) throws(ConfigError) -> Node? {
+        do {
+            return try Yams.compose(yaml: text)
+        } catch let YamlError.duplicatedKeysInMapping(keys, context) {
+            throw ConfigError(file: file, line: context.mark.line, field: keys.joined(separator: ", "), message: "is given twice in the same mapping (first here); keep one")
+        } catch let e as YamlError {
+            throw ConfigError(file: file, line: YAMLReader.line(of: e), field: "", message: "not valid YAML: \(YAMLReader.problem(of: e))")
+        } catch {
+            throw ConfigError(file: file, line: nil, field: "", message: "not valid YAML: \(error)")
+        }
+    }
+
+    package static func line(of e: YamlError) -> Int? {
         switch e {
         case .scanner(_, _, let m, _), .parser(_, _, let m, _), .composer(_, _, let m, _): return m.line
         default: return nil
         }
     }
 
-    static func problem(of e: YamlError) -> String {
+    package static func problem(of e: YamlError) -> String {
         switch e {
         case .scanner(_, let p, _, _), .parser(_, let p, _, _), .composer(_, let p, _, _): return p
         case .reader(let p, _, _, _): return p
@@ -237,12 +241,12 @@ struct YAMLReader {
         }
     }
 
-    func error(_ node: Node, _ path: String, _ message: String) -> ConfigError {
+    package func error(_ node: Node, _ path: String, _ message: String) -> ConfigError {
         ConfigError(file: file, line: node.mark?.line, field: path, message: message)
     }
 
     /// A mapping as key → (key node, value node); duplicate keys are an error.
-    func mapping(_ node: Node, path: String) throws(ConfigError) -> [String: (Node, Node)] {
+    package func mapping(_ node: Node, path: String) throws(ConfigError) -> [String: (Node, Node)] {
         guard case .mapping(let m) = node else {
             throw error(node, path.isEmpty ? "(top level)" : path, "must be a mapping of 'key: value' lines")
         }
@@ -258,7 +262,7 @@ struct YAMLReader {
         return out
     }
 
-    func onlyKeys(_ m: [String: (Node, Node)], _ known: [String], path: String) throws(ConfigError) {
+    package func onlyKeys(_ m: [String: (Node, Node)], _ known: [String], path: String) throws(ConfigError) {
         for (name, (k, _)) in m.sorted(by: { ($0.value.0.mark?.line ?? 0) < ($1.value.0.mark?.line ?? 0) }) where !known.contains(name) {
             let full = path.isEmpty ? name : "\(path).\(name)"
             let near = known.min { editDistance($0, name) < editDistance($1, name) }
@@ -268,12 +272,12 @@ struct YAMLReader {
         }
     }
 
-    func string(_ node: Node, path: String) throws(ConfigError) -> String {
+    package func string(_ node: Node, path: String) throws(ConfigError) -> String {
         guard case .scalar(let s) = node else { throw error(node, path, "must be a single value, not a list or mapping") }
         return s.string
     }
 
-    func bool(_ node: Node, path: String) throws(ConfigError) -> Bool {
+    package func bool(_ node: Node, path: String) throws(ConfigError) -> Bool {
         guard case .scalar(let s) = node, s.style == .plain else { throw error(node, path, "must be true or false") }
         switch s.string {
         case "true": return true
@@ -282,14 +286,14 @@ struct YAMLReader {
         }
     }
 
-    func int(_ node: Node, path: String) throws(ConfigError) -> Int {
+    package func int(_ node: Node, path: String) throws(ConfigError) -> Int {
         guard case .scalar(let s) = node, s.style == .plain, let n = Int(s.string) else {
             throw error(node, path, "must be a whole number")
         }
         return n
     }
 
-    func duration(_ node: Node, path: String, ceiling: Int64) throws(ConfigError) -> Int64 {
+    package func duration(_ node: Node, path: String, ceiling: Int64) throws(ConfigError) -> Int64 {
         let s = try string(node, path: path)
         let d: Int64
         do { d = try Durations.parse(s) } catch { throw self.error(node, path, error.message) }
@@ -300,7 +304,7 @@ struct YAMLReader {
     }
 
     /// A user, group or environment name: plain POSIX-style characters only.
-    func name(_ node: Node, path: String) throws(ConfigError) -> String {
+    package func name(_ node: Node, path: String) throws(ConfigError) -> String {
         let s = try string(node, path: path)
         guard Names.isValid(s) else {
             throw error(node, path, "'\(s)' is not a valid name (letters, digits, '_', '-', '.'; at most 64)")
@@ -308,7 +312,7 @@ struct YAMLReader {
         return s
     }
 
-    func names(_ node: Node, path: String, nonEmpty: Bool) throws(ConfigError) -> [String] {
+    package func names(_ node: Node, path: String, nonEmpty: Bool) throws(ConfigError) -> [String] {
         guard case .sequence(let seq) = node else { throw error(node, path, "must be a list, e.g. [a, b]") }
         var out: [String] = []
         for item in seq { out.append(try name(item, path: path)) }
@@ -316,7 +320,7 @@ struct YAMLReader {
         return out
     }
 
-    func absolutePath(_ node: Node, path: String) throws(ConfigError) -> String {
+    package func absolutePath(_ node: Node, path: String) throws(ConfigError) -> String {
         let s = try string(node, path: path)
         guard s.hasPrefix("/"), !s.contains("\0"), !s.split(separator: "/").contains("..") else {
             throw error(node, path, "must be an absolute path without '..'")

@@ -14,9 +14,39 @@ public struct Jitd: ParsableCommand {
         abstract: "The jit-access agent: serves requests, approvals and grants on this host.",
         discussion: "Runs as root. See jitd(8), jit.yaml(5) and docs/PROTOCOL.md.",
         version: JITVersion.string,
-        subcommands: [Run.self, CheckConfig.self, RevokeAll.self],
+        subcommands: [Run.self, CheckConfig.self, RevokeAll.self, ServerCommand.self, Enrol.self],
         defaultSubcommand: Run.self
     )
+
+    /// Parses the command line and runs the command. The agent's commands run synchronously on the main
+    /// thread, as before, so that no Swift concurrency thread exists when the agent blocks its signals for
+    /// sigwait (one would otherwise take SIGHUP and die of it). The fleet's commands (`server`, `enrol`) are
+    /// async: they run as a task while the main thread waits for it.
+    public static func runMain() -> Never {
+        do {
+            var command = try parseAsRoot()
+            guard let async = command as? any AsyncParsableCommand else {
+                try command.run()
+                exit()
+            }
+            nonisolated(unsafe) var task = async
+            let outcome = AsyncOutcome()
+            Task.detached {
+                do { try await task.run() } catch { outcome.error = error }
+                outcome.done.signal()
+            }
+            outcome.done.wait()
+            exit(withError: outcome.error)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// What the async command ended with; the semaphore orders the write before the read.
+final class AsyncOutcome: @unchecked Sendable {
+    var error: (any Error)?
+    let done = DispatchSemaphore(value: 0)
 }
 
 struct Run: ParsableCommand {

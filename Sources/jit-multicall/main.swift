@@ -6,7 +6,7 @@ import JITDaemon
 
 let name = CommandLine.arguments.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
 if name == "jitd" {
-    Jitd.main()
+    Jitd.runMain()
 } else {
     JIT.runMain()
 }

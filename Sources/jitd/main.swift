@@ -1,3 +1,3 @@
 import JITDaemon
 
-Jitd.main()
+Jitd.runMain()
