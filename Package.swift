@@ -10,6 +10,10 @@ let strict: [SwiftSetting] = [
     .treatAllWarnings(as: .error),
 ]
 
+/// `JIT_HOST_ONLY=1` (set by scripts/build-deb.sh): the host package's build, without the control plane
+/// (hummingbird, postgres-nio and the server's code stay out of the host's binary; `jitd server` says so).
+let hostOnly = Context.environment["JIT_HOST_ONLY"] == "1"
+
 let package = Package(
     name: "jit-access",
     platforms: [.macOS(.v15)],
@@ -120,11 +124,10 @@ let package = Package(
                 "JITAgent",
                 "JITCore",
                 "JITFleet",
-                "JITServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict
+            ] + (hostOnly ? [] : ["JITServer"]),
+            swiftSettings: strict + (hostOnly ? [.define("JIT_HOST_ONLY")] : [])
         ),
         .executableTarget(name: "jitd", dependencies: ["JITDaemon"], swiftSettings: strict),
         .executableTarget(name: "jit", dependencies: ["JITCLI"], swiftSettings: strict),

@@ -28,6 +28,8 @@ OUT=dist/${PKG}_${VERSION}_${ARCH}.deb
 echo "build-deb: $PKG $VERSION: release build (static Swift stdlib)"
 # -z now: full RELRO, as Debian's hardening flags ask (SwiftPM links with -z relro only).
 FLAGS="-c release --static-swift-stdlib --scratch-path $SCRATCH -Xlinker -z -Xlinker now"
+# The host package has no control plane in it (Package.swift: JIT_HOST_ONLY): smaller binary, less RSS.
+export JIT_HOST_ONLY=1
 $SWIFT build $FLAGS --product jit-multicall
 BIN=$($SWIFT build $FLAGS --show-bin-path)/jit-multicall
 echo "build-deb: pam_jit.so (make -C pam release)"

@@ -86,3 +86,10 @@ struct Enrol: AsyncParsableCommand {
         }
     }
 }
+
+/// Prints a fleet error as one sentence and exits 1.
+func fleetFailure(_ e: any Error) -> ExitCode {
+    let text = (e as? FleetError)?.message ?? (e as? ConfigError)?.description ?? "\(e)"
+    FileHandleErr.write("jitd: \(text)\n")
+    return ExitCode(1)
+}

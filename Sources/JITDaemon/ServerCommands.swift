@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import JITCore
 import JITFleet
+#if !JIT_HOST_ONLY
 import JITServer
 import Logging
 
@@ -23,13 +24,6 @@ struct ServerOptions: ParsableArguments {
             throw ExitCode(1)
         }
     }
-}
-
-/// Prints a fleet error as one sentence and exits 1.
-func fleetFailure(_ e: any Error) -> ExitCode {
-    let text = (e as? FleetError)?.message ?? (e as? ConfigError)?.description ?? "\(e)"
-    FileHandleErr.write("jitd: \(text)\n")
-    return ExitCode(1)
 }
 
 func quietLogger(_ label: String) -> Logger {
@@ -242,3 +236,19 @@ struct HostRevoke: AsyncParsableCommand {
 extension String {
     func col(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }
+#else
+/// The host package (`make deb`, built with JIT_HOST_ONLY=1) leaves the control plane out: a host needs
+/// `jitd enrol`, not PostgreSQL and an HTTPS server, and the package stays small (see README, Running a fleet).
+struct ServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "The fleet's control plane: not part of this build (the host package); see jitd-server(8).")
+
+    @Argument(parsing: .captureForPassthrough, help: .hidden) var rest: [String] = []
+
+    func run() throws {
+        FileHandleErr.write("jitd server: this jitd is the host package's and has no control plane; run 'jitd server' from a build that has it ('make build' in the source tree)\n")
+        throw ExitCode(1)
+    }
+}
+#endif
