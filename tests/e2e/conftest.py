@@ -259,3 +259,21 @@ def people(users):
         "carol": users.user("carol", ["jit-requesters", "jit-approvers"]),
         "eve": users.user("eve"),
     }
+
+
+@pytest.fixture
+def etc():
+    """Files under /etc (PAM services, sudoers includes) written by a test and removed at its end."""
+    from hosts import EtcFiles
+    e = EtcFiles()
+    yield e
+    e.cleanup()
+
+
+@pytest.fixture
+def sshd(tmpdir_root, etc):
+    """A real sshd on 127.0.0.1 with its own PAM service name (hosts.Sshd)."""
+    from hosts import Sshd
+    s = Sshd(tmpdir_root, etc)
+    yield s
+    s.stop()

@@ -55,13 +55,6 @@ def story(agent, people):
     return rid
 
 
-@pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
 def test_full_story_is_recorded_and_verifies(agent, people, etc):
     agent.write_config(audit_config(agent))
     catcher = SyslogCatcher(f"{agent.tmp}/log.sock")

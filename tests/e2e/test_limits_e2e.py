@@ -18,20 +18,6 @@ pytestmark = needs_root
 
 
 @pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
-@pytest.fixture
-def sshd(tmpdir_root, etc):
-    s = Sshd(tmpdir_root, etc)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def procs():
     """Processes started by a test, each in its own process group; killed by group at the end."""
     made = []

@@ -14,20 +14,6 @@ from hosts import PAM, EtcFiles, Sshd, Sudo, pam_args
 pytestmark = needs_root
 
 
-@pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
-@pytest.fixture
-def sshd(tmpdir_root, etc):
-    s = Sshd(tmpdir_root, etc)
-    yield s
-    s.stop()
-
-
 def pending_ids(agent, approver):
     return [r["id"] for r in agent.jit_json(approver, "list", "--pending")]
 

@@ -36,13 +36,6 @@ AUTO_NGINX = """  - name: restart-nginx
 """
 
 
-@pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
 def events(agent, kind):
     return [e for e in agent.jit_json(None, "audit") if e["kind"] == kind]
 

@@ -26,20 +26,6 @@ pytestmark = needs_root
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
-@pytest.fixture
-def sshd(tmpdir_root, etc):
-    s = Sshd(tmpdir_root, etc)
-    yield s
-    s.stop()
-
-
 def raw_as(user, socket_path, body):
     """Sends one raw JIT/1 frame as `user` (through setpriv, so the kernel names that user) and returns the reply."""
     code = ("import socket, struct, sys; b = sys.stdin.buffer.read(); s = socket.socket(socket.AF_UNIX); s.settimeout(10); "

@@ -13,13 +13,6 @@ from hosts import EtcFiles, Sudo
 pytestmark = needs_root
 
 
-@pytest.fixture
-def etc():
-    e = EtcFiles()
-    yield e
-    e.cleanup()
-
-
 def config():
     """The shipped config, with 'nobody' added as an allowed run-as user."""
     text = open(os.path.join(REPO, "packaging", "jit.yaml")).read()
