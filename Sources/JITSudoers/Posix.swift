@@ -121,7 +121,15 @@ public enum Posix {
             envp.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv + [nil], envp + [nil])
+        var spawned = posix_spawn(&pid, executable, &actions, nil, argv + [nil], envp + [nil])
+        // ETXTBSY: the program is open for writing somewhere, e.g. a file descriptor that another thread's child
+        // inherited for a moment while the program was being written. Bounded retries (at most 0.5 s).
+        var busyRetries = 0
+        while spawned == ETXTBSY && busyRetries < 20 {
+            busyRetries += 1
+            usleep(25_000)
+            spawned = posix_spawn(&pid, executable, &actions, nil, argv + [nil], envp + [nil])
+        }
         close(writeFD)
         if inFDs[0] >= 0 { close(inFDs[0]) }
         var stdinFD = inFDs[1]
