@@ -350,10 +350,18 @@ def test_install_serve_reinstall_remove_purge(deb, users, tmpdir_root, monkeypat
         p = run(["pam-auth-update", "--package", "--enable", "jit"], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         assert p.returncode == 0, p.stderr
         assert "pam_jit.so" in open("/etc/pam.d/common-account").read()
-        assert pamtester("sudo", alice, "acct_mgmt").returncode == 0
+        # Through a real sudo on the stock "sudo" service: inside pamtester the module cannot know what sudo
+        # would run and refuses a sudo-service check (issue 13, finding 2). alice and dave lose their service
+        # pointer; dave gets a standing entry that jit must gate.
+        os.unlink(f"/etc/sudoers.d/jitdebtest-{tag}-svc")
+        etc.write(f"/etc/sudoers.d/jitdebtest-{tag}-dave", f"{dave} ALL=(root) NOPASSWD: /usr/bin/id\n", mode=0o440)
+        assert run(["visudo", "-c"]).returncode == 0
+        p = sudo_as(alice, "/usr/bin/id", "-u")
+        assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr
+        p = sudo_as(dave, "/usr/bin/id", "-u")
+        assert p.returncode != 0, "a requester without a grant got through a standing sudoers entry: " + p.stdout
         assert pamtester("sudo", dave, "acct_mgmt").returncode != 0
-        assert pamtester("sudo", carl, "acct_mgmt").returncode == 0  # not a requester: not gated
-        assert sudo_as(carl, "/usr/bin/id", "-u").stdout.strip() == "0"
+        assert sudo_as(carl, "/usr/bin/id", "-u").stdout.strip() == "0"  # not a requester: not gated
 
         # --- Remove. A hand-written PAM line naming the module makes prerm refuse (the service would fail
         # every login without it), and nothing changes.
