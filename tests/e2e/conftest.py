@@ -177,6 +177,17 @@ class Agent:
         return run(["sqlite3", self.database, query], check=True).stdout.strip()
 
 
+def wait_for(cond, limit=15, step=0.05):
+    """Polls `cond` until it returns something true or `limit` seconds pass; returns its last value."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
+
+
 def requests_until_killed(agent, user, seconds=1.0):
     """Files requests as `user` in a loop, SIGKILLs the agent while they are in flight, restarts it, and
     returns the IDs of the requests that were answered before the kill."""

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 import hosts
-from conftest import REPO, needs_root, run
+from conftest import REPO, needs_root, run, wait_for
 from hosts import EtcFiles, Sshd
 
 pytestmark = needs_root
@@ -91,16 +91,6 @@ def dpkg(*args, env=None):
     e = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     e.update(env or {})
     return run(["dpkg", *args], timeout=180, env=e)
-
-
-def wait_for(cond, limit=15, step=0.05):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def socket_answers():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, needs_root, raw_call, run
+from conftest import REPO, needs_root, raw_call, run, wait_for
 from hosts import PAM, EtcFiles, Sshd, Sudo, pam_args
 
 pytestmark = needs_root
@@ -36,16 +36,6 @@ def procs():
 def base_config(extra=""):
     with open(os.path.join(REPO, "packaging", "jit.yaml")) as f:
         return f.read() + "\n" + extra
-
-
-def wait_for(cond, limit=15, step=0.05):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def frame(word, **fields):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO, needs_root, run
+from conftest import REPO, needs_root, run, wait_for
 from hosts import PAM, EtcFiles, Sshd, Sudo, pam_args
 
 pytestmark = needs_root
@@ -16,16 +16,6 @@ pytestmark = needs_root
 
 def pending_ids(agent, approver):
     return [r["id"] for r in agent.jit_json(approver, "list", "--pending")]
-
-
-def wait_for(cond, limit=15, step=0.05):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def test_module_is_built_and_exports_only_pam_sm():

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO, needs_root, run
+from conftest import REPO, needs_root, run, wait_for
 from hosts import PAM, EtcFiles, Sshd, Sudo, pam_args
 
 pytestmark = needs_root
@@ -42,16 +42,6 @@ def waiters(agent):
     from conftest import raw_call
     reply = raw_call(agent.socket, b"JIT/1 status\n").decode()
     return int(next(l for l in reply.splitlines() if l.startswith("waiters="))[8:])
-
-
-def wait_for(cond, limit=15, step=0.05):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 AUTO_FROM_VPN = """environment: production
