@@ -1,0 +1,16 @@
+public import JITFleet
+
+/// What the host-facing routes (`POST /v1/requests`, `GET /v1/requests/{id}`) ask of the control plane's
+/// decision engine. The caller is always the host the connection proved (`CallerHost`); `request.hosts` are
+/// targets checked against the rule, never the filer.
+///
+/// Rules the implementation keeps (docs/FLEET.md, compromised hosts):
+/// - idempotent on `(caller.record.name, request.seq)`: the same pair again returns the first answer;
+/// - the environment is `caller.record.environment`; targets outside it are refused;
+/// - a host's word alone never opens other hosts: under an automatic rule (no human approver), a request
+///   filed by a host covers only the filing host;
+/// - `status` answers only for requests the caller filed (else `not_found`, the same as a missing one).
+public protocol HostFiling: Sendable {
+    func file(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus
+    func status(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus
+}
