@@ -5,7 +5,7 @@ import PostgresNIO
 
 /// Migration 3 (distribution) and every SQL statement of the grant stream and the central trail of host events.
 ///
-/// `grant_changes` is written only by the trigger on `grants` (migration 2, f-decide's): one row per insert or
+/// `grant_changes` is written only by the trigger on `grants` (migration 2): one row per insert or
 /// update, its body the grant as `FleetWire.Grant` JSON built in SQL. The trigger first takes a transaction
 /// advisory lock, so versions become visible in commit order: a reader that saw version V has seen every
 /// committed version below V, and a cursor never skips a row committed later with a smaller version.
@@ -60,17 +60,7 @@ extension FleetDatabase {
         END
         $$
         """,
-        // Until migration 2 (f-decide) is merged below this one, a database may lack `grants`: the trigger is
-        // then not made here. Once 2 precedes 3 in `migrations`, `grants` always exists at this point.
-        """
-        DO $$
-        BEGIN
-            IF to_regclass('grants') IS NOT NULL THEN
-                CREATE TRIGGER grants_changed AFTER INSERT OR UPDATE ON grants FOR EACH ROW EXECUTE FUNCTION jit_grant_changed();
-            END IF;
-        END
-        $$
-        """,
+        "CREATE TRIGGER grants_changed AFTER INSERT OR UPDATE ON grants FOR EACH ROW EXECUTE FUNCTION jit_grant_changed()",
         // A host revoked, renewed or changed: its streams re-check who it is (payload: the host's name).
         """
         CREATE FUNCTION jit_host_changed() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -2,8 +2,8 @@
 replicas, cursors, resets, pruning), host events, requests filed by hosts, and who may read what.
 
 A real PostgreSQL and two `jitd server` replicas; hosts call the API with their own key and certificate.
-Grants are written with SQL into `grants` (the stream reads only what the trigger on `grants` writes); when
-the server binary has no migration 2 yet (before f-decide's engine), the test makes a stand-in `grants`.
+Grants are written with SQL into `requests` and `grants` (migration 2), as the engine writes them: the stream
+reads only what the trigger on `grants` writes.
 """
 import json
 import threading
@@ -18,16 +18,6 @@ requests = pytest.importorskip("requests")
 
 pytestmark = needs_root
 
-STAND_IN = """
-CREATE TABLE grants (
-    id bigserial PRIMARY KEY, request_id bigint NOT NULL DEFAULT 0, user_name text NOT NULL, environment text NOT NULL,
-    hosts text[] NOT NULL DEFAULT '{}', labels text[] NOT NULL DEFAULT '{}', scope text NOT NULL DEFAULT 'sudo',
-    commands text NOT NULL DEFAULT '', runas text NOT NULL DEFAULT 'root', state text NOT NULL DEFAULT 'active',
-    starts_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL DEFAULT now() + interval '1 hour',
-    ended_at timestamptz, ended_by text, nopasswd boolean NOT NULL DEFAULT true, login boolean NOT NULL DEFAULT false,
-    uses integer, record text NOT NULL DEFAULT '');
-CREATE TRIGGER grants_changed AFTER INSERT OR UPDATE ON grants FOR EACH ROW EXECUTE FUNCTION jit_grant_changed();
-"""
 
 
 @pytest.fixture
@@ -45,8 +35,6 @@ class Fleet:
 
     def start(self, count=2):
         self.cp.start(count=count)
-        if self.sql("SELECT to_regclass('grants') IS NULL") == [["t"]]:
-            self.sql(STAND_IN)
         return self
 
     def sql(self, statement):
@@ -70,10 +58,16 @@ class Fleet:
         return r.json()
 
     def grant(self, user, environment, hosts=(), labels=(), state="active", commands=""):
+        """A grant written as the engine would (a request, then its grant): the stream sees only the trigger's rows."""
         def arr(xs):
             return "ARRAY[" + ",".join(f"'{x}'" for x in xs) + "]::text[]"
-        rows = self.sql(f"INSERT INTO grants (user_name, environment, hosts, labels, state, commands, request_id) "
-                        f"VALUES ('{user}', '{environment}', {arr(hosts)}, {arr(labels)}, '{state}', E'{commands}', 7) RETURNING id")
+        rows = self.sql(f"""
+            WITH r AS (INSERT INTO requests (user_name, uid, environment, scope, runas, duration, reason, state, created_at, expires_at)
+                       VALUES ('{user}', 1000, '{environment}', 'sudo', 'root', 3600, 'test', 'approved', now(), now() + interval '1 hour')
+                       RETURNING id)
+            INSERT INTO grants (request_id, user_name, uid, environment, hosts, labels, scope, commands, runas, state, starts_at, expires_at, nopasswd)
+            SELECT r.id, '{user}', 1000, '{environment}', {arr(hosts)}, {arr(labels)}, 'sudo', E'{commands}', 'root', '{state}',
+                   now(), now() + interval '1 hour', true FROM r RETURNING id""")
         return int(rows[0][0])
 
     def end(self, grant_id, state="revoked"):
