@@ -280,3 +280,29 @@ def test_requests_are_the_callers_own(fleet):
     # The same seq from another host is another request.
     mine = fleet.call(b, "POST", "/v1/requests", json=req)
     assert mine.status_code == 201 and mine.json()["id"] != first["id"]
+
+
+def test_one_stream_per_host_and_a_bounded_number_per_replica(pg, tmp):
+    f = Fleet(pg, tmp, extra="stream:\n  max_waiters: 1\n")
+    try:
+        f.start(count=1)
+        a = f.enrol("sb-a", "staging")
+        b = f.enrol("sb-b", "staging")
+        f.grant("seed", "staging")
+        cursor = f.stream(a, 0)["cursor"]
+        first = poll(f, a, cursor, wait=30, replica=0)
+        time.sleep(0.5)
+        second = poll(f, a, cursor, wait=30, replica=0)
+        # The host's second stream replaces its first, which answers "nothing new" long before its wait.
+        first.join(15)
+        assert not first.is_alive() and first.result.status_code == 200, "the first stream of the host was not replaced"
+        assert first.result.json() == {"cursor": cursor, "reset": False, "changes": []}
+        assert second.is_alive()
+        # The replica holds one stream at most: another host is told to come back, not queued.
+        r = f.call(b, "GET", f"/v1/grants/stream?cursor={cursor}&wait=30")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "busy", r.text
+        gid = f.grant("alice", "staging")
+        second.join(30)
+        assert [c["id"] for c in second.result.json()["changes"]] == [gid]
+    finally:
+        f.stop()
