@@ -124,9 +124,9 @@ private func grant(_ id: Int64, env: String = "staging", hosts: [String] = [], l
         refused([event(3, at: "yesterday")], "at must be an RFC 3339 time")
         refused([event(3, kind: "")], "kind is empty")
         refused([event(3, kind: String(repeating: "k", count: 300))], "kind is longer than 256")
-        refused([event(3, data: ["k": String(repeating: "v", count: 5000)])], "too long")
+        refused([event(3, data: ["k": String(repeating: "v", count: 65 * 1024)])], "too long")
         refused([event(3, data: ["k": "a\u{0}b"])], "NUL")
-        refused([event(3, data: Dictionary(uniqueKeysWithValues: (0..<65).map { ("k\($0)", "v") }))], "more than 64 entries")
+        refused([event(3, data: Dictionary(uniqueKeysWithValues: (0..<129).map { ("k\($0)", "v") }))], "more than 128 entries")
         refused((1...501).map { event($0) }, "at most 500 events")
     }
 }

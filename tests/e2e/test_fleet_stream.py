@@ -252,7 +252,7 @@ def test_events_sent_twice_are_stored_once_under_the_callers_name(fleet):
     assert r.status_code == 400 and "events[1] (seq 9)" in r.json()["error"]["message"], r.text
     r = fleet.call(a, "POST", "/v1/events", json={"events": [dict(batch["events"][0], seq=10 + i) for i in range(501)]})
     assert r.status_code == 400 and "at most 500" in r.json()["error"]["message"]
-    r = fleet.call(a, "POST", "/v1/events", data=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"})
+    r = fleet.call(a, "POST", "/v1/events", data=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert fleet.sql("SELECT max(seq) FROM host_events WHERE host = 'se-a'") == [["3"]]
     assert fleet.call(a, "POST", "/v1/events", json={"events": []}).json() == {"acked": 3}
