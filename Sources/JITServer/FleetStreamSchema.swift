@@ -30,31 +30,37 @@ extension FleetDatabase {
         // The highest version pruning removed: a cursor below it may have missed a row, and gets a reset.
         "CREATE TABLE grant_changes_horizon (id integer PRIMARY KEY CHECK (id = 1), pruned_through bigint NOT NULL DEFAULT 0)",
         "INSERT INTO grant_changes_horizon (id, pruned_through) VALUES (1, 0)",
+        // The grant as hosts see it (FleetWire.Grant): the body of every change, and of a reset.
+        """
+        CREATE FUNCTION jit_grant_json(g grants) RETURNS jsonb LANGUAGE sql STABLE AS $$
+            SELECT jsonb_build_object(
+                'id', g.id,
+                'request_id', g.request_id,
+                'user', g.user_name,
+                'environment', g.environment,
+                'hosts', to_jsonb(g.hosts),
+                'labels', to_jsonb(g.labels),
+                'scope', g.scope,
+                'commands', CASE WHEN coalesce(g.commands, '') = '' THEN '[]'::jsonb
+                                 ELSE to_jsonb(string_to_array(g.commands, E'\\n')) END,
+                'run_as', coalesce(g.runas, ''),
+                'state', g.state,
+                'starts_at', to_char(g.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'expires_at', to_char(g.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'ended_at', to_char(g.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'ended_by', g.ended_by,
+                'nopasswd', coalesce(g.nopasswd, false),
+                'login', coalesce(g.login, false),
+                'uses', g.uses,
+                'record', coalesce(g.record, ''))
+        $$
+        """,
         """
         CREATE FUNCTION jit_grant_changed() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             PERFORM pg_advisory_xact_lock(\(changeLock));
             INSERT INTO grant_changes (grant_id, environment, hosts, labels, body)
-            VALUES (NEW.id, NEW.environment, NEW.hosts, NEW.labels, jsonb_build_object(
-                'id', NEW.id,
-                'request_id', NEW.request_id,
-                'user', NEW.user_name,
-                'environment', NEW.environment,
-                'hosts', to_jsonb(NEW.hosts),
-                'labels', to_jsonb(NEW.labels),
-                'scope', NEW.scope,
-                'commands', CASE WHEN coalesce(NEW.commands, '') = '' THEN '[]'::jsonb
-                                 ELSE to_jsonb(string_to_array(NEW.commands, E'\\n')) END,
-                'run_as', coalesce(NEW.runas, ''),
-                'state', NEW.state,
-                'starts_at', to_char(NEW.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                'expires_at', to_char(NEW.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                'ended_at', to_char(NEW.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                'ended_by', NEW.ended_by,
-                'nopasswd', coalesce(NEW.nopasswd, false),
-                'login', coalesce(NEW.login, false),
-                'uses', NEW.uses,
-                'record', coalesce(NEW.record, '')));
+            VALUES (NEW.id, NEW.environment, NEW.hosts, NEW.labels, jit_grant_json(NEW));
             PERFORM pg_notify('jit_changes', NEW.environment);
             RETURN NULL;
         END
@@ -160,38 +166,31 @@ extension FleetDatabase {
             """, doing: "reading the grant stream")
     }
 
-    /// The grants active now that concern the host (the newest change of each grant, still active and not past
-    /// its end), with the version they are current as of: the answer to a reset.
+    /// The grants active now that concern the host, read from `grants` in the same snapshot as the newest
+    /// version (every change up to it is reflected there, none after it): the answer to a reset.
     func activeGrants(_ filter: StreamFilter, limit: Int) async throws(FleetError) -> ChangeRead {
         let env = filter.environment, name = filter.name, labels = filter.labels
         return try await changeRead("""
-            SELECT h.cur, h.pruned_through, c.version, c.body::text FROM (\(unescaped: Self.horizon)) h
+            SELECT h.cur, h.pruned_through, c.id, c.body::text FROM (\(unescaped: Self.horizon)) h
             LEFT JOIN LATERAL (
-                SELECT version, body FROM (
-                    SELECT DISTINCT ON (grant_id) version, hosts, labels, body FROM grant_changes
-                    WHERE environment = \(env) ORDER BY grant_id, version DESC) latest
-                WHERE body->>'state' = 'active' AND (body->>'expires_at')::timestamptz > now()
-                  AND (cardinality(hosts) = 0 OR \(name) = ANY(hosts)) AND labels <@ \(labels)
-                ORDER BY version LIMIT \(limit)) c ON true
-            ORDER BY c.version
+                SELECT g.id, jit_grant_json(g) AS body FROM grants g
+                WHERE g.environment = \(env) AND g.state = 'active' AND g.expires_at > now()
+                  AND (cardinality(g.hosts) = 0 OR \(name) = ANY(g.hosts)) AND g.labels <@ \(labels)
+                ORDER BY g.id LIMIT \(limit)) c ON true
+            ORDER BY c.id
             """, doing: "reading the active grants")
     }
 
-    /// Removes changes older than `retention` seconds, except the newest change of a grant that is still active
-    /// (a reset is built from those). Raises the horizon so a cursor that may have missed a removed row gets a
-    /// reset. Returns how many rows went.
+    /// Removes changes older than `retention` seconds and raises the horizon to the highest version removed,
+    /// so a cursor that may have missed one gets a reset. Returns how many rows went.
     @discardableResult
     func pruneChanges(retention: Int64) async throws(FleetError) -> Int {
         let secs = Double(retention)
         do {
             var n = 0
-            for try await (count) in try await client.query("""
+            for try await count in try await client.query("""
                 WITH gone AS (
-                    DELETE FROM grant_changes c
-                    WHERE c.at < now() - make_interval(secs => \(secs))
-                      AND NOT (c.body->>'state' = 'active' AND (c.body->>'expires_at')::timestamptz > now() - make_interval(secs => \(secs))
-                               AND c.version = (SELECT max(l.version) FROM grant_changes l WHERE l.grant_id = c.grant_id))
-                    RETURNING version),
+                    DELETE FROM grant_changes WHERE at < now() - make_interval(secs => \(secs)) RETURNING version),
                 up AS (
                     UPDATE grant_changes_horizon SET pruned_through = greatest(pruned_through, (SELECT coalesce(max(version), 0) FROM gone))
                     WHERE id = 1 RETURNING pruned_through)
