@@ -163,7 +163,8 @@ extension Store {
         guard let uid else { return }
         let starts = Timestamps.millis(Timestamps.parse(g.startsAt) ?? now)
         // The local request it answers, or a record of the server's request (filed on another host, or the web).
-        var requestID = try Int64.fetchOne(db, sql: "SELECT id FROM requests WHERE server_id = ?", arguments: [g.requestID])
+        // (Of the same user: a grant never approves someone else's request.)
+        var requestID = try Int64.fetchOne(db, sql: "SELECT id FROM requests WHERE server_id = ? AND user = ?", arguments: [g.requestID, g.user])
         if let rid = requestID {
             try db.execute(sql: """
                 UPDATE requests SET state = 'approved', approved_via = 'approvers', decided_at = ?, decided_by = 'control plane'

@@ -20,31 +20,35 @@ public protocol ControlPlane: Sendable {
 public final class LiveControlPlane: ControlPlane {
     let client: FleetClient
     let fleetPath: String
-    let fleet: Mutex<FleetFile>
+    /// One session (connections, TLS context) per certificate: replaced after a renewal.
+    let session: Mutex<FleetSession>
     public var url: String { client.server }
 
     public init(fleet: FleetFile, path: String) throws(FleetError) {
         client = try FleetClient(server: fleet.server)
         fleetPath = path
-        self.fleet = Mutex(fleet)
+        session = Mutex(try FleetSession(fleet: fleet))
     }
 
-    var current: FleetFile { fleet.withLock { $0 } }
+    var current: FleetSession { session.withLock { $0 } }
 
-    public func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus { try await client.file(r, fleet: current) }
-    public func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus { try await client.requestStatus(id: id, fleet: current) }
+    public func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus { try await current.file(r) }
+    public func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus { try await current.requestStatus(id: id) }
     public func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
-        try await client.stream(cursor: cursor, wait: wait, fleet: current)
+        try await current.stream(cursor: cursor, wait: wait)
     }
-    public func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck { try await client.send(events: b, fleet: current) }
+    public func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck { try await current.send(events: b) }
 
     public func renewIfDue(now: Date) async throws(FleetError) -> Date? {
-        let f = current
-        let (from, to) = try FleetClient.validity(fleet: f)
+        let old = current
+        let (from, to) = try FleetClient.validity(fleet: old.fleet)
         guard FleetSync.renewalDue(notBefore: from, notAfter: to, now: now) else { return nil }
         // The files are replaced atomically (write to a temporary file, fsync, rename), key first.
-        let renewed = try await client.renew(fleet: f, fleetPath: fleetPath, newKey: false)
-        fleet.withLock { $0 = renewed }
+        let renewed = try await client.renew(fleet: old.fleet, fleetPath: fleetPath, newKey: false)
+        let fresh = try FleetSession(fleet: renewed)
+        session.withLock { $0 = fresh }
+        // Calls already under way on the old session finish first (a long-poll: within its wait).
+        Task { try? await Task.sleep(nanoseconds: 90_000_000_000); await old.shutdown() }
         return try FleetClient.validity(fleet: renewed).notAfter
     }
 }
