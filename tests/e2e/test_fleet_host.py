@@ -270,3 +270,26 @@ def test_a_killed_agent_resumes_the_stream_from_its_committed_cursor(fleet_agent
     assert wait_for(lambda: plane.cursors, limit=10)
     assert plane.cursors[0] == v, "after a restart the stream must resume from the committed cursor, not from 0"
     assert fleet_agent.sql("SELECT count(*) FROM grants WHERE state = 'active' AND server_id IS NOT NULL") == "2"
+
+
+def test_a_waiting_ssh_login_is_filed_with_the_control_plane_and_let_in_by_its_grant(fleet_agent, plane, people, sshd):
+    from hosts import pam_args
+    import threading
+    alice = people["alice"]
+    fleet_agent.start()
+    sshd.configure(pam_args(fleet_agent, timeout=30))
+    sshd.start()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(p=sshd.ssh(alice, "echo IN-$((40+2))", timeout=60)))
+    t.start()
+    assert wait_for(lambda: plane.filed, limit=20), "the refused login was not sent to the control plane: " + fleet_agent.read_log()
+    body = plane.filed[0]
+    assert body["user"] == alice and body["scope"] == "login" and body["rhost"] == "127.0.0.1" and body["service"] == sshd.name
+    assert t.is_alive(), "the login did not wait for the control plane's decision"
+    g = grant(9001, 500, alice)
+    g["scope"], g["run_as"] = "login", ""
+    plane.push(g)
+    t.join(timeout=30)
+    assert result["p"].returncode == 0, result["p"].stderr
+    assert "IN-42" in result["p"].stdout
+    assert fleet_agent.sql("SELECT state FROM requests WHERE server_id = 500") == "approved"
