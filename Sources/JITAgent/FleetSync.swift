@@ -245,7 +245,8 @@ public final class FleetSync: Sendable {
                 failures = 0
             } else {
                 failures += 1
-                try? await Task.sleep(nanoseconds: UInt64(Self.backoff(failures - 1) * 1e9))
+                // At most 5 s between tries: a host catches up (revocations first of all) soon after the link is back.
+                try? await Task.sleep(nanoseconds: UInt64(min(5, Self.backoff(failures - 1)) * 1e9))
             }
         }
     }

@@ -19,6 +19,7 @@ from urllib.parse import urlparse, parse_qs
 import pytest
 
 from conftest import Agent, wait_for
+from hosts import PAM as PAM_PATH
 
 trustme = pytest.importorskip("trustme", reason="trustme (PyPI) makes the test CA and certificates: python3 -m pip install trustme")
 
@@ -293,3 +294,36 @@ def test_a_waiting_ssh_login_is_filed_with_the_control_plane_and_let_in_by_its_g
     assert result["p"].returncode == 0, result["p"].stderr
     assert "IN-42" in result["p"].stdout
     assert fleet_agent.sql("SELECT state FROM requests WHERE server_id = 500") == "approved"
+
+
+def test_strict_refuses_after_the_grace_and_catches_up_with_a_revocation_issued_meanwhile(tmpdir_root, plane, people, etc):
+    """offline: strict with the shortest grace (1m): honoured while the server answers, refused once it has
+    been silent for the grace, and when it is back the revocation issued meanwhile is applied."""
+    from hosts import pam_args
+    from test_pam_e2e import pamtester
+    if os.geteuid() != 0:
+        pytest.skip("needs root: jitd reads peers' credentials and writes sudoers (CI runs as root)")
+    alice = people["alice"]
+    fleet = plane.write_host_files(os.path.join(tmpdir_root, "fleet"), "db1")
+    agent = Agent(tmpdir_root, config_text=fleet_config(fleet, offline="strict"))
+    try:
+        agent.start()
+        svc = "jit-fl-" + os.path.basename(tmpdir_root)[-6:].lower().replace("_", "")
+        etc.write(f"/etc/pam.d/{svc}", f"account required {PAM_PATH} {pam_args(agent)}\n")
+        g = grant(9101, 700, alice, minutes=30)
+        g["scope"], g["run_as"] = "login", ""
+        plane.push(g)
+        assert wait_for(lambda: pamtester(svc, alice, "acct_mgmt").returncode == 0, limit=10), agent.read_log()
+        plane.away = True
+        cut = time.time()
+        revoked = dict(g, state="revoked", ended_at=rfc3339(time.time()), ended_by="bob")
+        plane.push(revoked)
+        # Within the grace the cached grant is still honoured; after it, refused.
+        assert pamtester(svc, alice, "acct_mgmt").returncode == 0
+        assert wait_for(lambda: pamtester(svc, alice, "acct_mgmt").returncode != 0, limit=100, step=1), agent.read_log()
+        assert time.time() - cut >= 55, "refused before the grace was over"
+        plane.away = False
+        assert wait_for(lambda: agent.sql("SELECT state FROM grants WHERE server_id = 9101") == "revoked", limit=20), agent.read_log()
+        assert pamtester(svc, alice, "acct_mgmt").returncode != 0
+    finally:
+        agent.stop()
