@@ -56,6 +56,7 @@ let package = Package(
             name: "JITAgent",
             dependencies: [
                 "JITCore",
+                "JITFleet",
                 "JITSudoers",
                 "CJITSys",
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -158,7 +159,7 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            dependencies: ["JITAgent", "JITCore", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based")],
             swiftSettings: strict
         ),
     ]
