@@ -158,7 +158,8 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore.
+            dependencies: ["JITAgent", "JITCore", "JITServer", .product(name: "PropertyBased", package: "swift-property-based")],
             swiftSettings: strict
         ),
     ]

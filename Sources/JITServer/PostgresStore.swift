@@ -33,23 +33,30 @@ public final class PostgresStore: DecisionStore, Sendable {
 
     // MARK: bridging
 
-    final class Outcome<T>: @unchecked Sendable { var value: Result<T, JITError>? }
+    /// The work and its outcome, handed to the task. The task drops the work before it signals, so the
+    /// closure does not outlive `withoutActuallyEscaping`.
+    final class Handoff<T>: @unchecked Sendable {
+        var work: (() async throws -> T)?
+        var value: Result<T, JITError>?
+        init(_ work: @escaping () async throws -> T) { self.work = work }
+    }
     struct Unchecked<T>: @unchecked Sendable { let value: T }
 
     /// Runs `body` to its end on the cooperative pool while this (plain) thread waits; its errors become a
     /// sentence naming the database. Safe because the caller's closures outlive the task: we wait for it.
     func blocking<T>(_ what: String, _ body: () async throws -> T) throws(JITError) -> T {
-        let out = Outcome<T>()
         let done = DispatchSemaphore(value: 0)
-        withoutActuallyEscaping(body) { body in
-            let b = Unchecked(value: body)
+        let out: Result<T, JITError> = withoutActuallyEscaping(body) { body in
+            let h = Handoff(body)
             Task.detached { [self] in
-                do { out.value = .success(try await b.value()) } catch { out.value = .failure(self.jitError(error, doing: what)) }
+                do { h.value = .success(try await h.work!()) } catch { h.value = .failure(self.jitError(error, doing: what)) }
+                h.work = nil
                 done.signal()
             }
             done.wait()
+            return h.value!
         }
-        return try out.value!.get()
+        return try out.get()
     }
 
     /// Runs `body` in one transaction (committed before it returns; rolled back on any throw).
