@@ -19,6 +19,8 @@ public enum FleetServer {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
         let db = try FleetDatabase(config: config, logger: logger)
+        // The decision engine over PostgreSQL: the approvers' socket, the timer, and `HostFiling` for the host routes.
+        let decide = try ServerEngine(config: config, db: db, logger: logger)
         let router = Router(context: FleetContext.self)
         FleetAPI(ca: ca, db: db, config: config).addRoutes(to: router)
         let server: HTTPServerBuilder
@@ -28,11 +30,12 @@ public enum FleetServer {
         var app = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(config.listenAddress, port: config.listenPort), serverName: nil),
-            services: [db.client], logger: logger)
+            services: [db.client, EngineService(engine: decide)], logger: logger)
         app.beforeServerStarts {
             let applied = try await db.migrate()
             if !applied.isEmpty { logger.info("applied schema migrations \(applied.map(String.init).joined(separator: ", "))") }
             try await db.bind(ca: ca)
+            try decide.start()
             logger.info("fleet CA \(Fingerprint.display(ca.fingerprint)); listening on \(config.listenAddress):\(config.listenPort) for \(config.publicURL)")
         }
         return app
@@ -97,5 +100,14 @@ public enum FleetServer {
         let uid = getuid()
         let name = getpwuid(uid).map { String(cString: $0.pointee.pw_name) } ?? "?"
         return "uid \(uid) (\(name)) on the server host"
+    }
+}
+
+/// Stops the decision engine (its socket, timer and scratch folder) when the server shuts down.
+struct EngineService: Service {
+    let engine: ServerEngine
+    func run() async throws {
+        try? await gracefulShutdown()
+        engine.stop()
     }
 }
