@@ -159,7 +159,10 @@ let package = Package(
         .testTarget(
             name: "JITAgentTests",
             // JITServer: the decision-store conformance suite runs the same tests against PostgresStore.
-            dependencies: ["JITAgent", "JITCore", "JITServer", .product(name: "PropertyBased", package: "swift-property-based")],
+            dependencies: [
+                "JITAgent", "JITCore", "JITServer", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
     ]

@@ -79,13 +79,13 @@ public final class ServerEngine: HostFiling, Sendable {
         engine = Engine(config: cfg, store: local, directory: directory, logger: logger, decisions: store)
         socket = Server(engine: engine, path: config.socket)
         pool = NIOThreadPool(numberOfThreads: 8)
+        pool.start()
         self.logger = logger
     }
 
     /// Opens the socket and starts the socket's and the timer's threads (after the migrations ran).
     public func start() throws(FleetError) {
         do { try socket.bind() } catch { throw FleetError("socket", error.message) }
-        pool.start()
         Thread { [socket] in socket.serve() }.start()
         Thread { [self] in self.timer() }.start()
         logger.info("decisions: \(store.describe); approvers' socket \(socket.path); policy of \(engine.config.policy.effectiveRules.count) rule(s)")
@@ -112,6 +112,11 @@ public final class ServerEngine: HostFiling, Sendable {
     // MARK: HostFiling
 
     public func file(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus {
+        try await fileReportingReplay(request, from: caller).0
+    }
+
+    /// `file`, and whether this call filed it (true: 201) or answered a replay of `(caller, seq)` (false: 200).
+    public func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool) {
         let h = caller.record
         // Targets: enrolled, unrevoked hosts of the caller's own environment (never another's).
         let targets = Array(Set(request.hosts)).sorted()
@@ -155,11 +160,11 @@ public final class ServerEngine: HostFiling, Sendable {
         return FleetError(code, e.message)
     }
 
-    func fileNow(_ q: FleetWire.HostRequest, _ caller: CallerHost, _ targets: [String]) throws(FleetError) -> FleetWire.RequestStatus {
+    func fileNow(_ q: FleetWire.HostRequest, _ caller: CallerHost, _ targets: [String]) throws(FleetError) -> (FleetWire.RequestStatus, created: Bool) {
         let h = caller.record
         do throws(JITError) {
             // The same (host, seq) again: the first answer again, nothing filed twice.
-            if let r = try store.request(filedBy: h.name, seq: q.seq) { return status(of: r) }
+            if let r = try store.request(filedBy: h.name, seq: q.seq) { return (status(of: r), false) }
             guard q.seq > 0 else { throw JITError(.invalid, "seq must be a positive whole number (the host's outbox sequence)") }
             for (name, v, max) in [("rhost", q.rhost, 255), ("service", q.service, 64)] {
                 guard v.utf8.count <= max, !v.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
@@ -175,10 +180,10 @@ public final class ServerEngine: HostFiling, Sendable {
                               service: q.service, ticket: q.ticket, uses: q.uses)
             let origin = Filing(host: h.name, seq: q.seq, facts: HostFacts(environment: h.environment, labels: Set(h.labels)), hosts: targets)
             do {
-                return status(of: try engine.fileDecision(draft, for: who, extending: nil, origin: origin).request)
+                return (status(of: try engine.fileDecision(draft, for: who, extending: nil, origin: origin).request), true)
             } catch where error.code == .conflict {
                 // The same message at the same moment on another replica: its answer.
-                if let r = try store.request(filedBy: h.name, seq: q.seq) { return status(of: r) }
+                if let r = try store.request(filedBy: h.name, seq: q.seq) { return (status(of: r), false) }
                 throw error
             }
         } catch {
