@@ -39,6 +39,13 @@ public struct ServerConfig: Equatable, Sendable {
     public var policyPath: String? = nil
     /// The control plane's own Unix socket: `jit --socket PATH list|show|approve|deny|grants|revoke` on the server.
     public var socket: String = "/run/jit/server.sock"
+    /// Whether `socket:` was written in the file: then a socket that cannot be opened stops the server; the
+    /// default one is skipped with a warning (another replica on this machine may hold it).
+    public var socketRequired = false
+    /// How long grant changes are kept for hosts to resume from (`stream.retention`); older cursors get a reset.
+    public var streamRetention: Int64 = 7 * 86_400
+    /// The limits of the grant stream on each replica (`stream.max_waiters`).
+    public var streamLimits = StreamLimits()
 
     public init() {}
 
@@ -63,7 +70,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket", "stream"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -114,7 +121,23 @@ public struct ServerConfig: Equatable, Sendable {
             if let v = m["max_ttl"]?.1 { c.maxTokenTTL = try r.duration(v, path: "tokens.max_ttl", ceiling: 30 * 86_400) }
         }
         if let v = top["policy"]?.1 { c.policyPath = try r.absolutePath(v, path: "policy") }
-        if let v = top["socket"]?.1 { c.socket = try r.absolutePath(v, path: "socket") }
+        if let v = top["socket"]?.1 {
+            c.socket = try r.absolutePath(v, path: "socket")
+            c.socketRequired = true
+        }
+        if let t = top["stream"]?.1 {
+            let m = try r.mapping(t, path: "stream")
+            try r.onlyKeys(m, ["retention", "max_waiters"], path: "stream")
+            if let v = m["retention"]?.1 {
+                c.streamRetention = try r.duration(v, path: "stream.retention", ceiling: 365 * 86_400)
+                guard c.streamRetention >= 60 else { throw r.error(v, "stream.retention", "must be at least 1m (hosts offline longer than this get a reset)") }
+            }
+            if let v = m["max_waiters"]?.1 {
+                let n = try r.int(v, path: "stream.max_waiters")
+                guard (1...1_000_000).contains(n) else { throw r.error(v, "stream.max_waiters", "must be from 1 to 1000000 (long-polls one replica holds at once)") }
+                c.streamLimits.maxWaiters = n
+            }
+        }
         return c
     }
 

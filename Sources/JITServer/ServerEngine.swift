@@ -30,6 +30,7 @@ public final class ServerEngine: HostFiling, Sendable {
     let pool: NIOThreadPool
     let stopped = Atomic<Bool>(false)
     let logger: Logger
+    let socketRequired: Bool
 
     /// The most time the timer sleeps: another replica may have filed something due sooner.
     static let maxTimerSleep = 2.0
@@ -81,12 +82,18 @@ public final class ServerEngine: HostFiling, Sendable {
         pool = NIOThreadPool(numberOfThreads: 8)
         pool.start()
         self.logger = logger
+        socketRequired = config.socketRequired
     }
 
     /// Opens the socket and starts the socket's and the timer's threads (after the migrations ran).
     public func start() throws(FleetError) {
-        do { try socket.bind() } catch { throw FleetError("socket", error.message) }
-        Thread { [socket] in socket.serve() }.start()
+        do {
+            try socket.bind()
+            Thread { [socket] in socket.serve() }.start()
+        } catch {
+            guard !socketRequired else { throw FleetError("socket", error.message + " (socket: in the server config)") }
+            logger.warning("the approvers' socket \(socket.path) is not open: \(error.message); set 'socket:' in the server config to give this replica its own")
+        }
         Thread { [self] in self.timer() }.start()
         logger.info("decisions: \(store.describe); approvers' socket \(socket.path); policy of \(engine.config.policy.effectiveRules.count) rule(s)")
     }
