@@ -155,6 +155,12 @@ public final class PostgresStore: DecisionStore, Sendable {
         try await grants(c, "SELECT \(unescaped: Self.grantColumns) FROM grants WHERE id = \(id)\(unescaped: lock ? " FOR UPDATE" : "")").first
     }
 
+    /// The lock order for writers of `grants` (docs/FLEET.md): a transaction that locks grant rows and then
+    /// writes them takes the stream's change lock first, as the grants trigger would at its first write.
+    func lockChanges(_ c: PostgresConnection) async throws {
+        try await c.query("SELECT pg_advisory_xact_lock(\(FleetDatabase.changeLock))", logger: logger)
+    }
+
     /// Rounds to the millisecond, as the SQLite store keeps times, so both give the same answers.
     static func ms(_ d: Date) -> Date { Timestamps.date(millis: Timestamps.millis(d)) }
 
@@ -218,6 +224,7 @@ public final class PostgresStore: DecisionStore, Sendable {
         try await c.query("UPDATE requests SET state = 'approved', decided_at = \(now), decided_by = \(by), comment = \(comment), approved_via = \(viaRaw) WHERE id = \(id)", logger: logger)
         try await audit(c, "request.approved", actor: by, user: r.user, request: id, data: ["via": viaRaw])
         if let gid = r.extends {
+            try await lockChanges(c)
             guard var g = try await loadGrant(c, gid, lock: true) else { throw JITError(.notFound, "grant \(gid) does not exist") }
             guard g.state == .active, g.expiresAt > now else {
                 throw JITError(.conflict, "grant \(gid) has ended, so request \(r.id) cannot extend it; deny it and ask for a new grant")
@@ -325,6 +332,7 @@ public final class PostgresStore: DecisionStore, Sendable {
     public func expireDueGrants(now: Date) throws(JITError) -> [Grant] {
         let at = Self.ms(now), n = Self.batch
         return try transaction("expiring grants") { c in
+            try await self.lockChanges(c)
             var ids: [Int64] = []
             let q: PostgresQuery = "SELECT id FROM grants WHERE state = 'active' AND expires_at <= \(at) ORDER BY expires_at LIMIT \(n) FOR UPDATE SKIP LOCKED"
             for try await id in try await c.query(q, logger: self.logger).decode(Int64.self) { ids.append(id) }
@@ -391,6 +399,7 @@ public final class PostgresStore: DecisionStore, Sendable {
 
     public func endGrant(id: Int64, as next: GrantState, by who: String?, at now: Date) throws(JITError) -> Grant {
         try transaction("ending grant \(id)") { c in
+            try await self.lockChanges(c)
             guard var g = try await self.loadGrant(c, id, lock: true) else {
                 throw JITError(.notFound, "there is no grant \(id); list grants with 'jit grants'")
             }
