@@ -35,6 +35,9 @@ import JITServer
             approvals:
               required: 2
               groups: [sre, security]
+              escalation:
+                - after: 30m
+                  groups: [managers]
           - name: one-sre
             requesters: {groups: [devs, jit-requesters]}
             scopes: [login]
@@ -231,6 +234,20 @@ import JITServer
                 #expect(rs.filter { $0["code"] == "conflict" }.count == 1, "\(rs)")
                 #expect(try w.engine.decisions.grants(user: "alice", activeOnly: true).filter { $0.requestID == r.id }.count == 1)
             }
+        }
+    }
+
+    @Test(arguments: Kind.allCases) func escalationIsRecordedOnceAndOpensTheNextTier(kind: Kind) async throws {
+        try await with(kind, engines: 2) { w, clock in
+            let r = try w.file(D.judy, .sudo)
+            #expect(w.call(D.heidi, "approve", [("id", String(r.id))])["code"] == "unauthorized", "managers only after escalation")
+            clock.advance(1800)
+            w.engines[0].expireDue()
+            w.engines[1].expireDue()
+            #expect(try w.engine.decisions.pendingWithEscalation().first { $0.request.id == r.id }?.escalated == 2)
+            #expect(try !w.engine.decisions.markEscalated(id: r.id, tiers: 2), "already recorded: no second notification")
+            let m = w.call(D.heidi, "approve", [("id", String(r.id))], on: 1)
+            #expect(m["state"] == "approved" && m.all("approval") == ["heidi"], "the opened tier decides on its own: \(m)")
         }
     }
 
