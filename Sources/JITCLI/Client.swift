@@ -39,9 +39,12 @@ public struct Client {
         var cred = (Int32(0), UInt32(0), UInt32(0))
         var len = socklen_t(12)
         if getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, len == 12 {
-            guard cred.1 == 0 || cred.1 == getuid() else {
+            // Root's jitd, one's own, or the control plane's system account (the jit-access-server package runs
+            // `jitd server` as _jitserver; only root can make that account).
+            let server = getpwnam("_jitserver").map { $0.pointee.pw_uid }
+            guard cred.1 == 0 || cred.1 == getuid() || cred.1 == server else {
                 _ = Glibc.close(fd)
-                throw CLIError(code: 4, message: "the socket \(path) is served by uid \(cred.1), not by root; it is not jitd. Check --socket or JIT_SOCKET")
+                throw CLIError(code: 4, message: "the socket \(path) is served by uid \(cred.1), not by root or _jitserver; it is not jitd. Check --socket or JIT_SOCKET")
             }
         }
         self.fd = fd

@@ -258,11 +258,12 @@ def test_events_sent_twice_are_stored_once_under_the_callers_name(fleet):
     assert fleet.call(a, "POST", "/v1/events", json={"events": []}).json() == {"acked": 3}
 
 
-def test_requests_are_the_callers_own(fleet):
+def test_requests_are_the_callers_own(fleet, people):
     fleet.start(count=2)
     a = fleet.enrol("sq-a", "staging")
     b = fleet.enrol("sq-b", "staging")
-    req = {"seq": 1, "user": "alice", "scope": "sudo", "commands": [], "reason": "deploy", "hosts": [],
+    # A user the server's NSS knows: the engine refuses requests for anyone else.
+    req = {"seq": 1, "user": people["alice"], "scope": "sudo", "commands": [], "reason": "deploy", "hosts": [],
            "rhost": "10.0.0.1", "service": "sudo", "filed_at": "2026-12-02T01:00:00Z"}
     r = fleet.call(a, "POST", "/v1/requests", json=req)
     if r.status_code == 503 and r.json()["error"]["code"] == "not_available":
