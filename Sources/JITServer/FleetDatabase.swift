@@ -110,6 +110,7 @@ public struct FleetDatabase: Sendable {
             """,
             "CREATE INDEX fleet_audit_at ON fleet_audit (at)",
         ]),
+        (4, peopleSchema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.
