@@ -25,6 +25,9 @@ class PeoplePlane(ControlPlane):
 
     def __init__(self, pg, tmp, extra=""):
         super().__init__(pg, tmp)
+        # What an approver is handed: the fleet CA, outside the server's private folder.
+        self.ca = shutil.copy(self.ca, os.path.join(tmp, os.path.basename(self.dir) + "-ca.pem"))
+        os.chmod(self.ca, 0o644)
         with open(os.path.join(REPO, "packaging", "jit.yaml")) as f:
             text = f.read()
         text = re.sub(r"(?m)^database: .*$", f"database: {self.dir}/engine.db", text)
@@ -32,8 +35,6 @@ class PeoplePlane(ControlPlane):
         self.engine_config = os.path.join(self.dir, "engine.yaml")
         with open(self.engine_config, "w") as f:
             f.write(text + extra)
-        if extra:
-            pass
 
     def spawn(self, i=0):
         log = open(os.path.join(self.dir, f"server{i}.log"), "ab")
@@ -50,8 +51,8 @@ class Person:
         self.plane = plane
         self.home = os.path.expanduser(f"~{name}")
         self.key = os.path.join(self.home, "id_ed25519")
-        self.as_me(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", self.key], check=True)
         self.agent_sock = os.path.join(self.home, "agent.sock")
+        self.as_me(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", self.key], check=True)
         p = self.as_me(["ssh-agent", "-a", self.agent_sock], check=True)
         self.agent_pid = int(re.search(r"SSH_AGENT_PID=(\d+)", p.stdout).group(1))
         self.as_me(["ssh-add", self.key], check=True)
