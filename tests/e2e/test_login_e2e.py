@@ -264,3 +264,44 @@ def test_a_user_the_server_no_longer_knows_cannot_log_in_or_call(plane, persons,
     p = run([JIT, "list"], env=env)
     assert p.returncode == 5 and "not known" in p.stderr, p.stderr
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
+    from test_policy_e2e import totp
+    cp = PeoplePlane(pg, tmpdir_root, extra="""rules:
+  - name: mfa-login
+    requesters: {groups: [jit-requesters]}
+    scopes: [login]
+    approvals: {groups: [jit-approvers], mfa: true}
+""")
+    cp.start()
+    from conftest import Users
+    users = Users()
+    made = []
+    try:
+        bob = Person(users.user("bob", ["jit-approvers"]), cp)
+        alice = Person(users.user("alice", ["jit-requesters"]), cp)
+        made += [bob, alice]
+        for p in made:
+            p.register()
+            assert p.login().returncode == 0
+        rid = json.loads(alice.jit("request", "--for", "30m", "--reason", "x", "--json").stdout)["id"]
+        p = bob.jit("approve", str(rid))
+        assert p.returncode == 5 and "--otp" in p.stderr, p.stderr
+        p = bob.jit("mfa", "enroll")
+        assert p.returncode == 0, p.stderr
+        secret = p.stdout.split("secret: ")[1].split()[0]
+        if time.time() % 30 > 25:
+            time.sleep(31 - time.time() % 30)
+        code = totp(secret)
+        p = bob.jit("approve", str(rid), "--otp", code)
+        assert p.returncode == 0 and "approved" in p.stdout, p.stderr
+        # The same code again is a replay, refused by the server's engine.
+        r2 = json.loads(alice.jit("request", "--for", "30m", "--reason", "y", "--json").stdout)["id"]
+        p = bob.jit("approve", str(r2), "--otp", code)
+        assert p.returncode == 5 and "already used" in p.stderr, p.stderr
+    finally:
+        for p in made:
+            p.stop()
+        users.cleanup()
+        cp.stop()
