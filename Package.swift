@@ -104,6 +104,8 @@ let package = Package(
             dependencies: [
                 "JITCore",
                 "JITFleet",
+                // The one decision engine (`Engine`) runs here too, over PostgresStore.
+                "JITAgent",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -148,6 +150,7 @@ let package = Package(
             dependencies: [
                 "JITFleet",
                 "JITServer",
+                "JITAgent",
                 "JITCore",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -157,7 +160,11 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore.
+            dependencies: [
+                "JITAgent", "JITCore", "JITServer", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
     ]

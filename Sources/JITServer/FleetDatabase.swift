@@ -110,6 +110,7 @@ public struct FleetDatabase: Sendable {
             """,
             "CREATE INDEX fleet_audit_at ON fleet_audit (at)",
         ]),
+        (2, PostgresStore.schema),
         (4, peopleSchema),
     ]
 

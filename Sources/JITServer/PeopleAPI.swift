@@ -14,7 +14,8 @@ public struct CallerPerson: Sendable {
 /// What the people routes need from outside JITServer: the decision engine's handler (the same one the
 /// server's Unix socket uses: `handle(message, from: identity)`) and the server's NSS.
 public struct PeopleServices: Sendable {
-    /// Runs one protocol message for a person. `wait` must answer at once: the decision, or `decision=pending`.
+    /// Runs one protocol message for a person (nil: the server's own engine). `wait` must answer at once: the
+    /// decision, or `decision=pending`.
     public var call: (@Sendable (Message, Identity) async -> Message)?
     /// The user as the server's NSS knows them now (nil: unknown, so their keys and tokens stop working).
     public var lookup: @Sendable (String) -> Identity?
@@ -24,7 +25,7 @@ public struct PeopleServices: Sendable {
         self.lookup = lookup
     }
 
-    /// No engine wired: login works, `/v1/call` says why it cannot answer.
+    /// Nobody: no token works (a server that passes no directory lets no person in).
     public static let none = PeopleServices(call: nil, lookup: { _ in nil })
 }
 
