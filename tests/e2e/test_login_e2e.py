@@ -35,8 +35,9 @@ RULES = """  - name: anywhere
 class PeoplePlane(ControlPlane):
     """A control plane with a policy; /v1/call runs its own engine (PostgreSQL), as the token's user."""
 
-    def __init__(self, pg, tmp, rules=RULES):
+    def __init__(self, pg, tmp, rules=RULES, signers=False):
         self.rules = rules
+        self.signers = signers
         super().__init__(pg, tmp)
         # What an approver is handed: the fleet CA, outside the server's private folder.
         self.ca = shutil.copy(self.ca, os.path.join(tmp, os.path.basename(self.dir) + "-ca.pem"))
@@ -48,7 +49,18 @@ class PeoplePlane(ControlPlane):
             f.write(POLICY + self.rules)
         os.chmod(policy, 0o644)
         sock = os.path.join(self.dir, f"{name or 'server'}.sock")
+        if self.signers:
+            extra += f"login:\n  allowed_signers: {self.allowed_signers}\n"
         return super().write_config(port, name, extra + f"policy: {policy}\nsocket: {sock}\n")
+
+    @property
+    def allowed_signers(self):
+        return os.path.join(self.dir, "allowed_signers")
+
+    def write_signers(self, text):
+        with open(self.allowed_signers, "w") as f:
+            f.write(text)
+        os.chmod(self.allowed_signers, 0o644)
 
 
 class Person:
@@ -309,4 +321,47 @@ def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
         for p in made:
             p.stop()
         users.cleanup()
+        cp.stop()
+
+
+def test_failed_logins_are_rate_limited_per_user(plane, persons):
+    import requests
+    dave = persons("dave")
+    dave.register()
+
+    def post(path, body):
+        return requests.post(plane.url + path, json=body, verify=plane.ca, timeout=30)
+    for _ in range(10):
+        ch = post("/v1/login/challenge", {"user": dave.name}).json()
+        r = post("/v1/login", {"user": dave.name, "nonce": ch["nonce"], "signature": "not a signature"})
+        assert r.status_code == 401, r.text
+    # Now even the right key is refused for a while, with a sentence saying why.
+    p = dave.login()
+    assert p.returncode == 5 and "too many failed logins" in p.stderr, p.stderr
+
+
+def test_an_allowed_signers_file_is_read_at_each_login(pg, tmpdir_root, users):
+    cp = PeoplePlane(pg, tmpdir_root, signers=True)
+    cp.start()
+    made = []
+    try:
+        bob = Person(users.user("bob", ["jit-approvers"]), cp)
+        dave = Person(users.user("dave", ["jit-approvers"]), cp)
+        made += [bob, dave]
+        # Missing file: nobody through it; a key registered in PostgreSQL still works.
+        assert bob.login().returncode == 5
+        dave.register()
+        assert dave.login().returncode == 0
+        cp.write_signers(f"# laptops\n{bob.name} namespaces=\"jit\" {open(bob.pub).read()}")
+        p = bob.login()
+        assert p.returncode == 0, p.stderr
+        # A broken line stops the whole file (the log names the line); registered keys are untouched.
+        cp.write_signers(f"{bob.name} cert-authority {open(bob.pub).read()}")
+        assert bob.login().returncode == 5
+        assert dave.login().returncode == 0
+        log = open(cp.replicas[0][2]).read()
+        assert "allowed_signers:1: cert-authority is not supported" in log, log[-2000:]
+    finally:
+        for p in made:
+            p.stop()
         cp.stop()
