@@ -11,7 +11,7 @@ struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server",
         abstract: "The fleet's control plane: HTTPS API for enrolled hosts, on PostgreSQL (see jitd-server(8)).",
-        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self],
+        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self, ServerKey.self],
         defaultSubcommand: ServerRun.self)
 }
 
@@ -67,7 +67,7 @@ struct ServerRun: AsyncParsableCommand {
         logger.logLevel = .info
         let config = try options.load()
         do {
-            let app = try FleetServer.buildApplication(config: config, logger: logger)
+            let app = try FleetServer.buildApplication(config: config, logger: logger, people: ServerPeople.services)
             try await app.runService()
         } catch {
             throw fleetFailure(error)
@@ -112,7 +112,7 @@ struct ServerCheckConfig: AsyncParsableCommand {
 struct ServerToken: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token", abstract: "One-time join tokens for enrolling hosts.",
-        subcommands: [TokenCreate.self, TokenList.self, TokenRevoke.self])
+        subcommands: [TokenCreate.self, TokenList.self, TokenRevoke.self, APITokenCreate.self, APITokenList.self, APITokenRevoke.self])
 }
 
 struct TokenCreate: AsyncParsableCommand {

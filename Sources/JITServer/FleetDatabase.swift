@@ -112,6 +112,7 @@ public struct FleetDatabase: Sendable {
         ]),
         (2, PostgresStore.schema),
         (3, streamMigration),
+        (4, peopleSchema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.
