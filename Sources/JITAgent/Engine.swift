@@ -132,7 +132,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["session", "user", "service", "pid"])
                 return try sessionClose(m, c)
             case "request":
-                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass", "uses"])
+                try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass", "uses", "host"])
                 let r = try fileRequest(m, c)
                 return Message("ok", r.fields + (isFleetHost && r.state == .pending ? [("message", fleetPendingMessage(r))] : []))
             case "list":
@@ -261,8 +261,11 @@ public final class Engine: Sendable {
             guard scope.includesSudo else { throw JITError(.invalid, "uses counts sudo uses; a login request takes none") }
             uses = n
         }
-        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"], uses: uses)
+        let hosts = Array(Set(m.all("host"))).sorted()
+        guard hosts.count <= 100 else { throw JITError(.invalid, "a request names at most 100 hosts (--host); leave --host out to cover every host of the environment") }
+        let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"], uses: uses, hosts: hosts)
         if try m.boolField("break_glass") {
+            guard hosts.isEmpty else { throw JITError(.invalid, "break-glass opens this host only: leave --host out") }
             guard !onControlPlane else {
                 throw JITError(.invalid, "break-glass is local to a host (it must work when the control plane cannot be reached): run jit request --break-glass on the host")
             }
@@ -275,7 +278,12 @@ public final class Engine: Sendable {
                 throw JITError(.badRequest, "the control plane serves every environment: name one with --env")
             }
             let labels = Set(config.policy.effectiveRules.flatMap(\.labels))
-            return try fileDecision(draft, for: who, extending: nil, origin: Filing(host: nil, seq: nil, facts: HostFacts(environment: env, labels: labels), hosts: [])).request
+            // Named targets must be enrolled, unrevoked hosts of that environment.
+            try decisions.checkTargets(hosts, environment: env)
+            return try fileDecision(draft, for: who, extending: nil, origin: Filing(host: nil, seq: nil, facts: HostFacts(environment: env, labels: labels), hosts: hosts)).request
+        }
+        if !isFleetHost && !hosts.isEmpty {
+            throw JITError(.invalid, "--host names target hosts of a fleet, and this agent is not in one ('server:' in /etc/jit/jit.yaml); leave --host out")
         }
         return try file(draft, for: who)
     }

@@ -41,7 +41,7 @@ extension Engine {
             ticket: d.ticket, uses: d.uses)
         let (stored, seq) = try filingLock.withLock { _ throws(JITError) in
             try admitPending(for: who, cap: cfg.limits.pendingPerUser)
-            return try store.insertFleetRequest(r, askedDuration: d.duration, hosts: [], at: now)
+            return try store.insertFleetRequest(r, askedDuration: d.duration, hosts: d.hosts, at: now)
         }
         logger.info("request \(stored.id) of \(who.name) (\(stored.scope.summary)) queued for the control plane as outbox entry \(seq)")
         schedulerWaker.wake()

@@ -55,6 +55,10 @@ public protocol DecisionStore: Sendable {
     @discardableResult
     func markEscalated(id: Int64, tiers: Int) throws(JITError) -> Bool
 
+    /// Refuses target hosts that are not enrolled, unrevoked hosts of `environment` (a single host's store,
+    /// which knows no fleet, refuses any).
+    func checkTargets(_ names: [String], environment: String) throws(JITError)
+
     func hasMFA(user: String) throws(JITError) -> Bool
     func enrollMFA(user: String, secret: [UInt8], at now: Date, replacing code: String?) throws(JITError)
     func resetMFA(user: String) throws(JITError) -> Bool
@@ -74,6 +78,12 @@ extension DecisionStore {
 
 extension Store: DecisionStore {
     public var describe: String { path }
+
+    public func checkTargets(_ names: [String], environment: String) throws(JITError) {
+        guard names.isEmpty else {
+            throw JITError(.invalid, "--host names target hosts of a fleet; this agent's database knows no fleet, so leave --host out")
+        }
+    }
 
     /// Due grants ended in one transaction: one writer (jitd) owns this database, so "each exactly once" holds.
     public func expireDueGrants(now: Date) throws(JITError) -> [Grant] {

@@ -139,6 +139,8 @@ struct Request: ParsableCommand {
     @Option(name: .customLong("for"), parsing: .unconditional, help: "How long, like 90s, 30m, 1h30m.") var duration: String
     @Option(help: "Why you need it (approvers see this).") var reason: String = ""
     @Option(help: "Environment (default: this host's).") var env: String?
+    @Option(name: .customLong("host"), help: "In a fleet: a host the grant is for (repeat for more; default every host of the environment that the rule's labels allow).")
+    var hosts: [String] = []
     @Flag(help: "Ask for sudo with any command.") var sudo = false
     @Option(name: .customLong("command"), help: "A command to run with sudo: an absolute path with exact arguments. Repeat for more.") var commands: [String] = []
     @Option(help: "The user to run commands as (default root).") var runas: String?
@@ -169,6 +171,7 @@ struct Request: ParsableCommand {
         m.add("scope", sudo ? "sudo" : (commands.isEmpty ? "login" : "commands"))
         for c in commands { m.add("command", c) }
         if let env { m.add("env", env) }
+        for h in hosts { m.add("host", h) }
         if let runas { m.add("runas", runas) }
         if let ticket { m.add("ticket", ticket) }
         if breakGlass { m.add("break_glass", "1") }

@@ -43,7 +43,10 @@ public struct Draft: Equatable, Sendable {
     public var ticket: String?
     /// Sudo uses asked for (`jit run --once`: 1); the rule's `uses` caps it.
     public var uses: Int?
-    public init(environment: String? = nil, scope: Scope, runAs: String? = nil, duration: Int64? = nil, reason: String, rhost: String = "", service: String = "", ticket: String? = nil, uses: Int? = nil) {
+    /// Target hosts of a fleet (`jit request --host NAME`); empty: every host of the environment the rule's labels allow.
+    public var hosts: [String]
+    public init(environment: String? = nil, scope: Scope, runAs: String? = nil, duration: Int64? = nil, reason: String, rhost: String = "", service: String = "", ticket: String? = nil, uses: Int? = nil, hosts: [String] = []) {
+        self.hosts = hosts
         self.uses = uses
         self.environment = environment
         self.scope = scope

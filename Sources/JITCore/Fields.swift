@@ -35,6 +35,7 @@ public enum FieldRules {
         "user": Rule(maxBytes: 256, syntax: .name, what: "a user name"),
         "runas": Rule(maxBytes: 256, syntax: .name, what: "a user name"),
         "env": Rule(maxBytes: 128, syntax: .name, what: "an environment name"),
+        "host": Rule(maxBytes: 253, syntax: .ascii("abcdefghijklmnopqrstuvwxyz0123456789.-"), what: "a host name (lower-case letters, digits, . and -)"),
         "service": Rule(maxBytes: 64, syntax: .ascii(serviceChars), what: "a PAM service name (letters, digits, . - _ +)"),
         "rhost": Rule(maxBytes: 255, syntax: .ascii(hostChars), what: "a host name or address"),
         "tty": Rule(maxBytes: 64, syntax: .ascii(ttyChars), what: "a terminal name like /dev/pts/3"),

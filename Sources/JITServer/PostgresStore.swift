@@ -470,6 +470,20 @@ public final class PostgresStore: DecisionStore, Sendable {
 
     // MARK: MFA
 
+    public func checkTargets(_ names: [String], environment: String) throws(JITError) {
+        guard !names.isEmpty else { return }
+        let known: Set<String> = try read("looking up the requested hosts") { c in
+            var out = Set<String>()
+            let q: PostgresQuery = "SELECT name FROM hosts WHERE name = ANY(\(names)) AND environment = \(environment) AND revoked_at IS NULL"
+            for try await n in try await c.query(q, logger: self.logger).decode(String.self) { out.insert(n) }
+            return out
+        }
+        let missing = names.filter { !known.contains($0) }
+        guard missing.isEmpty else {
+            throw JITError(.invalid, "no enrolled host of environment '\(environment)' is named \(missing.joined(separator: ", ")); see 'jitd server host list'")
+        }
+    }
+
     public func hasMFA(user: String) throws(JITError) -> Bool {
         try read("reading the one-time code secret of \(user)") { c in
             var n = 0

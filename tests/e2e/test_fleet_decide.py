@@ -105,3 +105,24 @@ def test_two_replicas_approving_at_once_make_one_grant(plane, people):
         codes = sorted(r.returncode for r in results.values())
         assert codes[0] == 0 and codes[1] != 0, {i: (r.returncode, r.stdout, r.stderr) for i, r in results.items()}
         assert len(grants_of(plane, rid)) == 1
+
+
+def test_a_request_names_enrolled_hosts_of_its_environment_only(plane, people, tmpdir_root):
+    from fleet import FleetHost
+    alice, bob = people["alice"], people["bob"]
+    for name, env in (("db1", "production"), ("web9", "staging")):
+        h = FleetHost(tmpdir_root, name)
+        p = h.enrol(plane.replica_url(0), plane.token(env))
+        assert p.returncode == 0, p.stderr
+    # A host that is not enrolled, and one of another environment, are refused before anything is filed.
+    for bad in ("nosuch", "web9"):
+        p = plane.jit(0, alice, "request", "--env", "production", "--host", bad, "--for", "1h", "--reason", "fix")
+        assert p.returncode != 0 and f"no enrolled host of environment 'production' is named {bad}" in p.stderr, p.stderr + p.stdout
+    assert plane.pg.sql("SELECT count(*) FROM requests", db=plane.database)[0][0] == "0"
+    p = plane.jit(0, alice, "request", "--env", "production", "--host", "db1", "--for", "1h", "--reason", "fix", "--json")
+    assert p.returncode == 0, p.stderr + p.stdout
+    import json
+    rid = json.loads(p.stdout)["id"]
+    assert plane.jit(1, bob, "approve", str(rid)).returncode == 0
+    rows = plane.pg.sql(f"SELECT array_to_string(hosts, ',') FROM grants WHERE request_id = {int(rid)}", db=plane.database)
+    assert rows == [["db1"]], rows
