@@ -76,6 +76,9 @@ class FakeControlPlane:
                         deadline = time.time() + wait
                         while not [c for c in fake.changes if c[0] > cursor] and time.time() < deadline and not fake.away:
                             fake.lock.wait(deadline - time.time())
+                        if fake.away:  # went away while this poll was held: it must not deliver what came meanwhile
+                            self.close_connection = True
+                            return
                         if cursor == 0:
                             latest = {}
                             for v, g in fake.changes:
