@@ -1,0 +1,253 @@
+"""The fleet end to end (issue 14, "Done means"): a real PostgreSQL, two `jitd server` replicas behind TCP
+proxies the test controls, and host agents in fleet mode on this machine, each with its own socket,
+database, sudoers folder and certificate; real sshd logins and a real sudo through the built pam_jit.so.
+
+One engineer's request, filed by a refused ssh login on host 1, is approved on the control plane (`jit
+--socket <server socket> approve`), and that one grant lets them in on hosts 1 and 2 and sudo on host 3; a
+host of another environment does not honour it; a revocation ends it on every host within 1 s. Then the
+faults: a replica SIGKILLed while hosts stream, PostgreSQL stopped, the link blackholed (strict and
+best_effort), a host agent SIGKILLed while applying changes, a join token used twice, a request forged with
+another host's certificate, a host asking for another environment's grants.
+
+Every bound is a deadline on a condition polled (never a sleep that asserts timing). Everything runs as
+root and is stopped by PID and removed at the end, even when a test fails.
+"""
+import json
+import os
+import re
+import time
+
+import pytest
+
+from conftest import needs_root, run, wait_for
+from fleet import PROD, STAGING, ControlPlane, Fleet, fleet_supported, pg, server_extra  # noqa: F401 (pg is a fixture)
+from hosts import Sudo, pam_args
+
+requests = pytest.importorskip("requests")
+
+pytestmark = needs_root
+
+
+def needs_fleet_mode():
+    why = fleet_supported(server_extra("{dir}"))
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def fleet(pg, tmpdir_root, etc):
+    needs_fleet_mode()
+    f = Fleet(pg, tmpdir_root, etc)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def team(users):
+    return {"alice": users.user("alice", ["jit-requesters"]), "bob": users.user("bob", ["jit-approvers"]),
+            "carl": users.user("carl", ["jit-requesters"])}
+
+
+def ssh_ok(sshd, user):
+    p = sshd.ssh(user, "echo IN-$((40+2))")
+    return p.returncode == 0 and "IN-42" in p.stdout
+
+
+def until(cond, limit, what, fleet=None):
+    """Polls `cond` until true; fails naming `what` (and the logs) when `limit` seconds pass."""
+    v = wait_for(cond, limit, step=0.02)
+    assert v, f"{what} not within {limit} s" + ("\n" + fleet.logs() if fleet else "")
+    return v
+
+
+def grant_sudo(fleet, requester, approver, host, minutes=30):
+    """A requester asks on `host` for sudo; the approver approves on the control plane."""
+    p = fleet.hosts[host].jit(requester, "request", "--for", f"{minutes}m", "--sudo", "--reason", "fleet test", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    return fleet.approve_pending(approver, requester)
+
+
+# --- The main story.
+
+def test_one_approval_grants_the_environment_and_a_revocation_ends_it_everywhere(fleet, team, etc):
+    alice, bob = team["alice"], team["bob"]
+    for name in ("h1", "h2", "h3"):
+        fleet.add(name, PROD)
+    fleet.add("s1", STAGING)
+    s1, s2, s4 = fleet.sshd("h1"), fleet.sshd("h2"), fleet.sshd("s1")
+    sudo = Sudo(fleet.hosts["h3"].agent, etc, [alice], pam_args(fleet.hosts["h3"].agent, timeout=0))
+
+    # A refused ssh login on host 1 files the request (timeout=0: the module files and refuses at once).
+    p = s1.ssh(alice, "echo IN")
+    assert p.returncode != 0 and "IN" not in p.stdout
+    rid, gid = fleet.approve_pending(bob, alice)
+    grant = [g for g in fleet.control_json(bob, "grants", "--active") if g["id"] == gid][0]
+    assert grant["user"] == alice
+
+    # The same grant, without asking again: ssh on hosts 1 and 2, sudo on host 3.
+    until(lambda: ssh_ok(s1, alice), 10, "login on h1 after the approval", fleet)
+    until(lambda: ssh_ok(s2, alice), 10, "login on h2 with the same grant", fleet)
+    assert fleet.pending(bob, alice) == [], "a second request was filed"
+    # Login and sudo are separate scopes: ask for sudo once on host 3, approved once, honoured by real sudo.
+    p = fleet.hosts["h3"].jit(alice, "request", "--for", "30m", "--sudo", "--reason", "fleet test", "--json")
+    assert p.returncode == 0, p.stderr
+    _, sudo_gid = fleet.approve_pending(bob, alice)
+    until(lambda: Sudo.as_user(alice, "/usr/bin/id", "-u").stdout.strip() == "0", 10, "sudo on h3", fleet)
+    # sudo's own NOTAFTER bounds the file: nothing is usable past expiry even if every agent died.
+    files = [f for f in os.listdir(fleet.hosts["h3"].agent.sudoers) if f.startswith("jit-grant-")]
+    assert files and all(re.search(r"NOTAFTER=\d{14}Z", open(os.path.join(fleet.hosts["h3"].agent.sudoers, f)).read()) for f in files)
+
+    # A host of another environment does not honour it, and never even holds it.
+    assert not ssh_ok(s4, alice)
+    assert fleet.active("s1", alice) == []
+
+    # Revocation on the control plane ends both grants on every host within 1 s.
+    for g in (gid, sudo_gid):
+        assert fleet.control(bob, "revoke", str(g)).returncode == 0
+    t0 = time.monotonic()
+    until(lambda: all(fleet.active(h, alice) == [] for h in ("h1", "h2", "h3")), 1.0, "revocation on h1, h2 and h3", fleet)
+    took = time.monotonic() - t0
+    print(f"revoke -> ended on 3 hosts: {took * 1000:.0f} ms")
+    assert not ssh_ok(s1, alice) and not ssh_ok(s2, alice)
+    assert Sudo.as_user(alice, "/usr/bin/id", "-u").returncode != 0
+    assert not [f for f in os.listdir(fleet.hosts["h3"].agent.sudoers) if f.startswith("jit-grant-")]
+
+
+# --- Faults.
+
+def test_replica_sigkilled_while_hosts_stream(fleet, team):
+    alice, bob = team["alice"], team["bob"]
+    for name in ("h1", "h2"):
+        fleet.add(name, PROD)
+    grant_sudo(fleet, alice, bob, "h1")
+    until(lambda: all(fleet.active(h, alice) for h in ("h1", "h2")), 10, "the first grant on both hosts", fleet)
+    # Replica 0 dies mid-stream; its hosts reconnect (through their proxy) to replica 1.
+    fleet.cp.kill(0)
+    p = fleet.hosts["h2"].jit(team["carl"], "request", "--for", "30m", "--sudo", "--reason", "after the kill", "--json")
+    assert p.returncode == 0, p.stderr
+    found = until(lambda: [r for r in fleet.control_json(bob, "list", "--pending", replica=1) if r.get("user") == team["carl"]],
+                  15, "the request filed after the kill reaching replica 1", fleet)
+    out = fleet.control_json(bob, "approve", str(found[0]["id"]), replica=1)
+    until(lambda: all(fleet.active(h, team["carl"]) for h in ("h1", "h2")), 10, "the grant approved on replica 1 on both hosts", fleet)
+    # Nothing lost: the first grant is still held once per host.
+    for h in ("h1", "h2"):
+        assert len(fleet.active(h, alice)) == 1
+    assert out["grant_id"]
+    fleet.cp.restart(0)
+
+
+def test_postgresql_stopped_hosts_keep_cached_grants_and_resume(fleet, team, pg):
+    alice, bob, carl = team["alice"], team["bob"], team["carl"]
+    fleet.add("h1", PROD)
+    s1 = fleet.sshd("h1")
+    fleet.hosts["h1"].jit(alice, "request", "--for", "30m", "--reason", "login", "--json")
+    fleet.approve_pending(bob, alice)
+    until(lambda: ssh_ok(s1, alice), 10, "login before the database stops", fleet)
+    pg.halt()
+    try:
+        # Cached grants keep working; a new request is told plainly that it is queued, and that break-glass exists.
+        assert ssh_ok(s1, alice)
+        p = fleet.hosts["h1"].jit(carl, "request", "--for", "30m", "--reason", "while the database is down")
+        text = p.stdout + p.stderr
+        assert "cannot be reached" in text and "queued" in text and "break-glass" in text, text
+    finally:
+        pg.resume()
+    # Back: the queued request reaches the control plane, and is approved and delivered.
+    fleet.approve_pending(bob, carl, limit=30)
+    until(lambda: fleet.active("h1", carl), 15, "the queued request's grant after the database is back", fleet)
+    assert ssh_ok(s1, alice)
+
+
+def test_blackholed_link_strict_refuses_best_effort_keeps_both_catch_up(fleet, team, etc):
+    alice, bob = team["alice"], team["bob"]
+    fleet.add("strict1", PROD, offline="strict", grace="3s")
+    fleet.add("loose1", PROD)
+    st, lo = fleet.sshd("strict1"), fleet.sshd("loose1")
+    fleet.hosts["strict1"].jit(alice, "request", "--for", "30m", "--reason", "login", "--json")
+    _, gid = fleet.approve_pending(bob, alice)
+    until(lambda: ssh_ok(st, alice) and ssh_ok(lo, alice), 10, "login on both before the cut", fleet)
+    for name in ("strict1", "loose1"):
+        fleet.proxies[name].set("blackhole")
+    # The strict host refuses once offline_grace (3 s) has passed without the server; best_effort keeps it.
+    until(lambda: not ssh_ok(st, alice), 20, "the strict host refusing after offline_grace", fleet)
+    assert ssh_ok(lo, alice)
+    # Revoked while they cannot hear: after the link is back both learn it.
+    assert fleet.control(bob, "revoke", str(gid)).returncode == 0
+    assert ssh_ok(lo, alice), "a blackholed best_effort host cannot know of the revocation yet"
+    for name in ("strict1", "loose1"):
+        fleet.proxies[name].set("forward")
+    until(lambda: fleet.active("loose1", alice) == [] and fleet.active("strict1", alice) == [], 60,
+          "both hosts catching up with the revocation", fleet)
+    assert not ssh_ok(lo, alice) and not ssh_ok(st, alice)
+
+
+def test_host_agent_sigkilled_while_applying_changes(fleet, team, users):
+    bob = team["bob"]
+    h = fleet.add("h1", PROD)
+    people = [users.user(f"r{i}", ["jit-requesters"]) for i in range(4)]
+    ids = []
+    for u in people:
+        p = h.jit(u, "request", "--for", "30m", "--sudo", "--reason", "kill test", "--json")
+        assert p.returncode == 0, p.stderr
+    for u in people:
+        ids.append(fleet.approve_pending(bob, u)[1])
+        if len(ids) == 2:
+            h.kill9()  # mid-stream: some changes applied, some not
+    h.start()
+    until(lambda: all(len(fleet.active("h1", u) or []) == 1 for u in people), 20, "every grant exactly once after the restart", fleet)
+    files = [f for f in os.listdir(h.agent.sudoers) if f.startswith("jit-grant-")]
+    assert len(files) == len(people), files
+
+
+def test_join_token_used_twice_across_replicas(pg, tmpdir_root):
+    from fleet import FleetHost
+    cp = ControlPlane(pg, tmpdir_root).start(count=2)
+    try:
+        token = cp.token(PROD)
+        a, b = FleetHost(tmpdir_root, "tw1"), FleetHost(tmpdir_root, "tw2")
+        assert a.enrol(cp.replica_url(0), token).returncode == 0
+        p = b.enrol(cp.replica_url(1), token)
+    finally:
+        cp.stop()
+    assert p.returncode != 0 and "already used" in p.stderr, p.stderr
+    assert not os.path.exists(b.fleet)
+
+
+def host_session(h):
+    s = requests.Session()
+    s.cert = (h.identity.cert, h.identity.key)
+    s.verify = h.identity.dir + "/ca.pem" if os.path.exists(h.identity.dir + "/ca.pem") else False
+    return s
+
+
+def test_request_forged_with_another_hosts_certificate_is_filed_as_that_host(fleet, team):
+    alice = team["alice"]
+    h1 = fleet.add("h1", PROD, start=False)
+    h2 = fleet.add("h2", PROD, start=False)
+    # h2's key with h1's certificate: no TLS session at all.
+    s = requests.Session()
+    s.cert = (h1.identity.cert, h2.identity.key)
+    s.verify = False
+    with pytest.raises(Exception):
+        s.get(fleet.cp.url + "/v1/hosts/self", timeout=10)
+    # h2 (its own certificate) claims to file for h1: the server records h2 as the filer.
+    body = {"seq": 1, "user": alice, "scope": "sudo", "commands": [], "duration": 1800, "reason": "forged", "hosts": ["h1"],
+            "rhost": "", "service": "sudo", "filed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": "h1"}
+    r = host_session(h2).post(fleet.cp.url + "/v1/requests", json=body, timeout=10)
+    assert r.status_code in (200, 201, 400, 403, 422), r.text
+    rows = fleet.cp.pg.sql("SELECT coalesce(filed_by_host, '') FROM requests", db=fleet.cp.database)
+    assert ["h1"] not in rows, rows
+
+
+def test_host_cannot_read_another_environments_grants(fleet, team):
+    alice, bob = team["alice"], team["bob"]
+    fleet.add("h1", PROD)
+    st = fleet.add("s1", STAGING, start=False)
+    grant_sudo(fleet, alice, bob, "h1")
+    until(lambda: fleet.active("h1", alice), 10, "the grant on h1", fleet)
+    for q in ("cursor=0", "cursor=0&environment=production", "cursor=0&host=h1&labels=db"):
+        r = host_session(st).get(fleet.cp.url + f"/v1/grants/stream?{q}&wait=0", timeout=20)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert all(g.get("environment") == STAGING for g in body.get("changes", [])), body
+        assert alice not in r.text, body
