@@ -102,6 +102,8 @@ let package = Package(
             dependencies: [
                 "JITCore",
                 "JITFleet",
+                // The one decision engine (`Engine`) runs here too, over PostgresStore.
+                "JITAgent",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -146,6 +148,7 @@ let package = Package(
             dependencies: [
                 "JITFleet",
                 "JITServer",
+                "JITAgent",
                 "JITCore",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),

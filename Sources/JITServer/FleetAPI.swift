@@ -58,7 +58,10 @@ public struct APIError: HTTPResponseError {
         case "client_certificate_required", "bad_certificate": status = .unauthorized
         case "host_exists", "conflict": status = .conflict
         case "invalid_token", "invalid_csr", "invalid_name", "bad_request": status = .badRequest
-        case "database": status = .serviceUnavailable
+        case "not_found": status = .notFound
+        case "too_large": status = .contentTooLarge
+        case "too_many_grants": status = .unprocessableContent
+        case "database", "busy", "not_available": status = .serviceUnavailable
         default: status = .internalServerError
         }
         self.init(status, e.code, e.message)
@@ -115,6 +118,7 @@ struct HostAuthMiddleware: RouterMiddleware {
         }
         let identity = try HostIdentity(certificate: cert)
         let record = try await db.authenticate(name: identity.name, serial: FleetCA.serialHex(cert))
+        await db.touch(record)
         var context = context
         context.host = CallerHost(record: record, serial: FleetCA.serialHex(cert), publicKey: cert.publicKey)
         return try await next(request, context)
@@ -126,6 +130,8 @@ struct FleetAPI: Sendable {
     let ca: FleetCA
     let db: FleetDatabase
     let config: ServerConfig
+    let stream: StreamHub
+    let filing: (any HostFiling)?
 
     func bundle(_ h: HostRecord, _ cert: Certificate) throws -> FleetWire.CertificateBundle {
         FleetWire.CertificateBundle(name: h.name, environment: h.environment, labels: h.labels, serial: h.serial,
@@ -171,5 +177,6 @@ struct FleetAPI: Sendable {
             context.logger.info("renewed the certificate of host \(rec.name)")
             return try Self.json(try bundle(rec, cert))
         }
+        addHostRoutes(to: hosts)
     }
 }

@@ -110,6 +110,8 @@ public struct FleetDatabase: Sendable {
             """,
             "CREATE INDEX fleet_audit_at ON fleet_audit (at)",
         ]),
+        (2, PostgresStore.schema),
+        (3, streamMigration),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.

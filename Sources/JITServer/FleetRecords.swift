@@ -192,12 +192,12 @@ extension FleetDatabase {
     // MARK: hosts
 
     /// The row of the host a certificate names, when the certificate is the host's current or previous one
-    /// and the host is not revoked; marks it seen. Called on every authenticated request.
+    /// and the host is not revoked. Called on every authenticated request (a read; `touch` marks it seen).
     public func authenticate(name: String, serial: String) async throws(FleetError) -> HostRecord {
         let rows: [HostRecord]
         do {
             rows = try await hosts(try await client.query(
-                "UPDATE hosts SET last_seen = now() WHERE name = \(name) RETURNING \(unescaped: Self.hostColumns)", logger: logger))
+                "SELECT \(unescaped: Self.hostColumns) FROM hosts WHERE name = \(name)", logger: logger))
         } catch {
             throw failure(error, doing: "checking the host")
         }

@@ -15,12 +15,14 @@ import X509
 public enum FleetServer {
     /// Loads the CA and the server's TLS identity, and builds the HTTPS application. The PostgreSQL client
     /// runs beside it in the same service group; migrations and the CA check run before the port opens.
-    public static func buildApplication(config: ServerConfig, logger: Logger) throws(FleetError) -> some ApplicationProtocol {
+    /// `filing` is the decision engine behind `POST /v1/requests` (none: those routes answer 503).
+    public static func buildApplication(config: ServerConfig, logger: Logger, filing: (any HostFiling)? = nil) throws(FleetError) -> some ApplicationProtocol {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
         let db = try FleetDatabase(config: config, logger: logger)
+        let hub = StreamHub(db: db, limits: config.streamLimits, logger: logger)
         let router = Router(context: FleetContext.self)
-        FleetAPI(ca: ca, db: db, config: config).addRoutes(to: router)
+        FleetAPI(ca: ca, db: db, config: config, stream: hub, filing: filing).addRoutes(to: router)
         let server: HTTPServerBuilder
         do { server = try .tls(.http1(), tlsConfiguration: tls) } catch {
             throw FleetError("tls", "cannot set up TLS with \(config.tlsCertificate) and \(config.tlsKey): \(error)")
@@ -28,7 +30,7 @@ public enum FleetServer {
         var app = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(config.listenAddress, port: config.listenPort), serverName: nil),
-            services: [db.client], logger: logger)
+            services: [db.client, StreamListener(hub: hub, db: db, retention: config.streamRetention, logger: logger)], logger: logger)
         app.beforeServerStarts {
             let applied = try await db.migrate()
             if !applied.isEmpty { logger.info("applied schema migrations \(applied.map(String.init).joined(separator: ", "))") }

@@ -13,4 +13,13 @@ public import JITFleet
 public protocol HostFiling: Sendable {
     func file(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus
     func status(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus
+    /// `file`, and whether this call filed it (`true`: 201) or replayed an earlier `(caller, seq)` (`false`: 200).
+    /// The default says `true` always; an engine that knows replays implements it.
+    func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool)
+}
+
+extension HostFiling {
+    public func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool) {
+        (try await file(request, from: caller), true)
+    }
 }

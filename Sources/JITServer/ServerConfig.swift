@@ -34,6 +34,10 @@ public struct ServerConfig: Equatable, Sendable {
     public var hostCertificateLifetime: Int64 = 30 * 86_400
     /// The longest a join token may last.
     public var maxTokenTTL: Int64 = 7 * 86_400
+    /// How long grant changes are kept for hosts to resume from (`stream.retention`); older cursors get a reset.
+    public var streamRetention: Int64 = 7 * 86_400
+    /// The limits of the grant stream on each replica (`stream.max_waiters`).
+    public var streamLimits = StreamLimits()
 
     public init() {}
 
@@ -58,7 +62,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "stream"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -107,6 +111,19 @@ public struct ServerConfig: Equatable, Sendable {
             let m = try r.mapping(t, path: "tokens")
             try r.onlyKeys(m, ["max_ttl"], path: "tokens")
             if let v = m["max_ttl"]?.1 { c.maxTokenTTL = try r.duration(v, path: "tokens.max_ttl", ceiling: 30 * 86_400) }
+        }
+        if let t = top["stream"]?.1 {
+            let m = try r.mapping(t, path: "stream")
+            try r.onlyKeys(m, ["retention", "max_waiters"], path: "stream")
+            if let v = m["retention"]?.1 {
+                c.streamRetention = try r.duration(v, path: "stream.retention", ceiling: 365 * 86_400)
+                guard c.streamRetention >= 60 else { throw r.error(v, "stream.retention", "must be at least 1m (hosts offline longer than this get a reset)") }
+            }
+            if let v = m["max_waiters"]?.1 {
+                let n = try r.int(v, path: "stream.max_waiters")
+                guard (1...1_000_000).contains(n) else { throw r.error(v, "stream.max_waiters", "must be from 1 to 1000000 (long-polls one replica holds at once)") }
+                c.streamLimits.maxWaiters = n
+            }
         }
         return c
     }

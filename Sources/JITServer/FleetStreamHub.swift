@@ -1,0 +1,305 @@
+import Foundation
+import JITCore
+import JITFleet
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// The long-polls one replica holds, and the per-environment caches that answer them.
+///
+/// A notification on `jit_changes` (payload: an environment) makes the hub read that environment's new rows
+/// once, append them to its cache and answer, from memory, every waiting host the rows concern: one query per
+/// woken environment, not one per host. The notification carries nothing the hub trusts; it only says "read
+/// again". While the listener is away the hub reads every environment it waits on each second instead, and
+/// when it comes back it reads them all and re-checks the waiting hosts (revocations it may have missed).
+actor StreamHub {
+    enum Wake: Sendable {
+        case answer(FleetWire.GrantStream)
+        /// Wait over (timeout, replaced by the host's newer stream, shutdown): answer "nothing new".
+        case done
+        /// The cache no longer covers the waiter's cursor: read PostgreSQL again.
+        case stale
+        /// The host's row changed (revoked, renewed): check who it is again.
+        case hostChanged
+    }
+
+    private struct Waiter {
+        var id: UInt64
+        var filter: StreamFilter
+        var serial: String
+        var cursor: Int64
+        var continuation: CheckedContinuation<Wake, Never>
+        var timer: Task<Void, Never>?
+    }
+
+    let db: FleetDatabase
+    let limits: StreamLimits
+    let logger: Logger
+    private var caches: [String: EnvironmentCache] = [:]
+    private var waiters: [String: Waiter] = [:]
+    private var nextID: UInt64 = 0
+    private var refreshing: Set<String> = []
+    private var dirty: Set<String> = []
+    private(set) var live = false
+
+    init(db: FleetDatabase, limits: StreamLimits, logger: Logger) {
+        self.db = db
+        self.limits = limits
+        self.logger = logger
+    }
+
+    var waiting: Int { waiters.count }
+
+    // MARK: the stream
+
+    /// Answers one `GET /v1/grants/stream`: at once when there are changes for the caller after `cursor`, else when
+    /// some come or `wait` seconds pass. The caller is re-checked against PostgreSQL when its row changes.
+    func stream(_ caller: CallerHost, cursor start: Int64, wait: Int64) async throws(FleetError) -> FleetWire.GrantStream {
+        var filter = StreamFilter(caller.record)
+        // Cursor 0: start over. An empty answer at version 0 (nothing was ever granted) would bring the host back
+        // at once with 0 again, so that one waits like any poll, and answers with a reset when woken.
+        let resetting = start == 0
+        if resetting {
+            let r = try await reset(filter)
+            if !r.changes.isEmpty || r.cursor > 0 || wait == 0 { return r }
+        }
+        func answer(_ a: FleetWire.GrantStream) async throws(FleetError) -> FleetWire.GrantStream {
+            resetting ? try await reset(filter) : a
+        }
+        let deadline = ContinuousClock.now + .seconds(wait)
+        var cursor = start
+        var known = false  // PostgreSQL said: nothing for this host up to `cursor`
+        while true {
+            if let cache = caches[filter.environment], cache.covers(cursor), let a = cache.answer(filter, after: cursor, limit: limits.batch) {
+                if !a.changes.isEmpty { return try await answer(a) }
+                cursor = a.cursor
+            } else if !known || (caches[filter.environment].map { cursor < $0.from } ?? false) {
+                let r = try await db.hostChanges(filter, after: cursor, limit: limits.batch)
+                if cursor < r.pruned || cursor > r.current { return try await reset(filter) }
+                if let last = r.rows.last {
+                    return try await answer(FleetWire.GrantStream(cursor: r.rows.count == limits.batch ? last.version : r.current, reset: false, changes: r.rows.map(\.grant)))
+                }
+                cursor = r.current
+                known = true
+                if caches[filter.environment] == nil {
+                    caches[filter.environment] = EnvironmentCache(at: r.current, capacity: limits.cachePerEnvironment)
+                } else if caches[filter.environment]!.through < r.current {
+                    scheduleRefresh(filter.environment)
+                }
+                continue  // the cache may have moved while PostgreSQL answered: look again before waiting
+            }
+            let left = deadline - ContinuousClock.now
+            if left <= .zero { return try await answer(FleetWire.GrantStream(cursor: cursor, reset: false, changes: [])) }
+            switch try await park(filter, serial: caller.serial, cursor: cursor, for: left) {
+            case .answer(let a): return try await answer(a)
+            case .done: return try await answer(FleetWire.GrantStream(cursor: cursor, reset: false, changes: []))
+            case .stale: known = false
+            case .hostChanged:
+                let record = try await db.authenticate(name: caller.record.name, serial: caller.serial)
+                let now = StreamFilter(record)
+                if now != filter { filter = now; known = false }
+            }
+        }
+    }
+
+    /// The caller's active grants and the version they are current as of.
+    private func reset(_ filter: StreamFilter) async throws(FleetError) -> FleetWire.GrantStream {
+        let r = try await db.activeGrants(filter, limit: limits.resetLimit + 1)
+        guard r.rows.count <= limits.resetLimit else {
+            throw FleetError("too_many_grants", "host '\(filter.name)' is concerned by more than \(limits.resetLimit) active grants; the control plane refuses to send a partial set (end some grants)")
+        }
+        return FleetWire.GrantStream(cursor: r.current, reset: true, changes: r.rows.map(\.grant))
+    }
+
+    /// Holds the caller until a refresh has changes for it, its row changes, or `duration` passes. A host has
+    /// one stream per replica: a second replaces the first (which answers "nothing new").
+    private func park(_ filter: StreamFilter, serial: String, cursor: Int64, for duration: Duration) async throws(FleetError) -> Wake {
+        let name = filter.name
+        if let old = waiters.removeValue(forKey: name) {
+            old.timer?.cancel()
+            old.continuation.resume(returning: .done)
+        }
+        guard waiters.count < limits.maxWaiters else {
+            throw FleetError("busy", "this replica holds \(limits.maxWaiters) streams already; try again in a few seconds (or another replica)")
+        }
+        nextID += 1
+        let id = nextID
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Wake, Never>) in
+                let timer = Task { [weak self] in
+                    try? await Task.sleep(for: duration)
+                    await self?.finish(name, id: id, with: .done)
+                }
+                waiters[name] = Waiter(id: id, filter: filter, serial: serial, cursor: cursor, continuation: c, timer: timer)
+            }
+        } onCancel: {
+            Task { await self.finish(name, id: id, with: .done) }
+        }
+    }
+
+    private func finish(_ name: String, id: UInt64, with wake: Wake) {
+        guard let w = waiters[name], w.id == id else { return }
+        waiters.removeValue(forKey: name)
+        w.timer?.cancel()
+        w.continuation.resume(returning: wake)
+    }
+
+    // MARK: wake-ups
+
+    /// `jit_changes` said this environment changed.
+    func environmentChanged(_ environment: String) {
+        guard caches[environment] != nil else { return }
+        scheduleRefresh(environment)
+    }
+
+    /// `jit_hosts` said this host's row changed.
+    func hostChanged(_ name: String) {
+        if let w = waiters[name] { finish(name, id: w.id, with: .hostChanged) }
+    }
+
+    /// The listener is connected (true) or away (false). On coming back everything is read again, and the hosts
+    /// waiting are checked against their rows (a revocation while it was away sent no notification).
+    func setLive(_ up: Bool) async {
+        let was = live
+        live = up
+        guard up, !was else { return }
+        refreshAll()
+        let names = Array(waiters.keys)
+        guard !names.isEmpty else { return }
+        do {
+            let rows = try await db.hostsNamed(names)
+            let byName = Dictionary(rows.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            for n in names {
+                guard let w = waiters[n] else { continue }
+                let h = byName[n]
+                if h == nil || h!.revokedAt != nil || (h!.serial != w.serial && h!.previousSerial != w.serial) || StreamFilter(h!) != w.filter {
+                    finish(n, id: w.id, with: .hostChanged)
+                }
+            }
+        } catch {
+            logger.warning("stream: cannot re-check the waiting hosts: \(error.message)")
+        }
+    }
+
+    /// Reads every cached environment again (when the listener is away, each second).
+    func refreshAll() {
+        for env in caches.keys { scheduleRefresh(env) }
+    }
+
+    private func scheduleRefresh(_ environment: String) {
+        if refreshing.contains(environment) {
+            dirty.insert(environment)
+            return
+        }
+        refreshing.insert(environment)
+        Task { await self.runRefresh(environment) }
+    }
+
+    private func runRefresh(_ environment: String) async {
+        repeat {
+            dirty.remove(environment)
+            do { try await refresh(environment) } catch {
+                logger.warning("stream: cannot read the changes of environment \(environment): \(error.message)")
+            }
+        } while dirty.contains(environment)
+        refreshing.remove(environment)
+    }
+
+    /// Reads the environment's rows after the cache's `through` (in pages) and answers the hosts they concern.
+    private func refresh(_ environment: String) async throws(FleetError) {
+        let pageSize = limits.cachePerEnvironment
+        for _ in 0..<20 {
+            guard let before = caches[environment] else { return }
+            let r = try await db.environmentChanges(environment, after: before.through, limit: pageSize)
+            guard var cache = caches[environment] else { return }
+            let through = r.rows.count == pageSize ? r.rows.last!.version : r.current
+            if !cache.append(r.rows, through: through) {
+                // The database is behind what this replica saw (restored?): start over from PostgreSQL.
+                caches.removeValue(forKey: environment)
+                resolve(environment, nil)
+                return
+            }
+            caches[environment] = cache
+            resolve(environment, cache)
+            if r.rows.count < pageSize { return }
+        }
+    }
+
+    /// Answers the waiters of an environment that the cache now has changes for.
+    private func resolve(_ environment: String, _ cache: EnvironmentCache?) {
+        for (name, w) in waiters where w.filter.environment == environment {
+            guard let cache, cache.covers(w.cursor) else {
+                if cache == nil || w.cursor < cache!.from { finish(name, id: w.id, with: .stale) }
+                continue
+            }
+            if let a = cache.answer(w.filter, after: w.cursor, limit: limits.batch), !a.changes.isEmpty {
+                finish(name, id: w.id, with: .answer(a))
+            }
+        }
+    }
+}
+
+/// The replica's one `LISTEN` connection (`jit_changes`, `jit_hosts`), reconnected when PostgreSQL goes away,
+/// and the pruning of old changes. Runs in the application's service group.
+struct StreamListener: Service {
+    let hub: StreamHub
+    let db: FleetDatabase
+    let retention: Int64
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { g in
+                g.addTask { await self.listen() }
+                g.addTask { await self.pollWhileAway() }
+                g.addTask { await self.prune() }
+            }
+        }
+    }
+
+    private func listen() async {
+        var backoff = Duration.milliseconds(200)
+        while !Task.isCancelled {
+            do {
+                try await db.client.withConnection { conn in
+                    try await conn.listen(on: "jit_changes") { changes in
+                        try await conn.listen(on: "jit_hosts") { hosts in
+                            await hub.setLive(true)
+                            backoff = .milliseconds(200)
+                            try await withThrowingDiscardingTaskGroup { g in
+                                g.addTask { for try await n in changes { await hub.environmentChanged(n.payload) } }
+                                g.addTask { for try await n in hosts { await hub.hostChanged(n.payload) } }
+                            }
+                        }
+                    }
+                }
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning("stream: the LISTEN connection to PostgreSQL is gone (\(String(describing: error).prefix(200))); reconnecting")
+            }
+            await hub.setLive(false)
+            try? await Task.sleep(for: backoff)
+            backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    /// Without the listener, a notification may be lost: read every environment waited on each second.
+    private func pollWhileAway() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            if await !hub.live { await hub.refreshAll() }
+        }
+    }
+
+    private func prune() async {
+        while !Task.isCancelled {
+            do {
+                let n = try await db.pruneChanges(retention: retention)
+                if n > 0 { logger.info("stream: pruned \(n) grant changes older than \(Durations.format(retention))") }
+            } catch {
+                logger.warning("stream: pruning grant changes failed: \(error.message)")
+            }
+            try? await Task.sleep(for: .seconds(600))
+        }
+    }
+}

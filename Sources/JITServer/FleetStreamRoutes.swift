@@ -1,0 +1,83 @@
+import Foundation
+import Hummingbird
+import JITCore
+import JITFleet
+import NIOCore
+
+/// The host-facing routes of slice 2 (docs/FLEET.md, "The wire and the tables of slice 2"): requests filed by
+/// hosts, the grant stream, host events. All are behind `HostAuthMiddleware`; the caller is `context.caller()`.
+extension FleetAPI {
+    /// Reads a JSON body of at most `limit` bytes.
+    static func body<T: Decodable>(_ type: T.Type, _ request: Request, limit: Int) async throws -> T {
+        var request = request
+        let buffer: ByteBuffer
+        do { buffer = try await request.collectBody(upTo: limit) } catch is NIOTooManyBytesError {
+            throw APIError(.contentTooLarge, "too_large", "the request body is larger than \(limit / 1024) KiB; send less at once")
+        }
+        do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) } catch {
+            throw APIError(.badRequest, "bad_request", "the request body is not the JSON this call takes: \(Self.describe(error))")
+        }
+    }
+
+    /// Names the field a decoding error is about.
+    static func describe(_ error: any Error) -> String {
+        guard let d = error as? DecodingError else { return "it cannot be read" }
+        func path(_ c: [any CodingKey]) -> String { c.isEmpty ? "the top level" : c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".") }
+        switch d {
+        case .keyNotFound(let k, let c): return "\(path(c.codingPath + [k])) is missing"
+        case .typeMismatch(_, let c), .valueNotFound(_, let c): return "\(path(c.codingPath)) has the wrong type"
+        case .dataCorrupted(let c): return c.codingPath.isEmpty ? "it is not JSON" : "\(path(c.codingPath)) cannot be read"
+        @unknown default: return "it cannot be read"
+        }
+    }
+
+    func addHostRoutes(to hosts: RouterGroup<FleetContext>) {
+        hosts.get("grants/stream") { request, context in
+            let h = try context.caller()
+            let q = try StreamQuery(cursor: request.uri.queryParameters["cursor"].map(String.init), wait: request.uri.queryParameters["wait"].map(String.init))
+            return try Self.json(try await stream.stream(h, cursor: q.cursor, wait: q.wait))
+        }
+        hosts.post("events") { request, context in
+            let h = try context.caller()
+            let batch = try await Self.body(FleetWire.EventBatch.self, request, limit: HostBodies.eventBodyLimit)
+            let events = try HostBodies.check(batch)
+            return try Self.json(FleetWire.EventAck(acked: try await db.storeEvents(host: h.record.name, events)))
+        }
+        hosts.post("requests") { request, context in
+            let h = try context.caller()
+            let body = try await Self.body(FleetWire.HostRequest.self, request, limit: HostBodies.requestBodyLimit)
+            guard body.seq > 0 else { throw APIError(.badRequest, "bad_request", "seq must be > 0 (the host's outbox sequence number)") }
+            let filing = try self.filingEngine()
+            let (status, created) = try await filing.fileReportingReplay(body, from: h)
+            return try Self.json(status, status: created ? .created : .ok)
+        }
+        hosts.get("requests/:id") { _, context in
+            let h = try context.caller()
+            guard let raw = context.parameters.get("id"), let id = Int64(raw), id > 0 else {
+                throw APIError(.notFound, "not_found", "there is no such request: the id is a whole number > 0")
+            }
+            let filing = try self.filingEngine()
+            return try Self.json(try await filing.status(id: id, for: h))
+        }
+    }
+
+    func filingEngine() throws -> any HostFiling {
+        guard let filing else {
+            throw APIError(.serviceUnavailable, "not_available", "this control plane was built without a decision engine, so it cannot take requests from hosts")
+        }
+        return filing
+    }
+}
+
+extension FleetDatabase {
+    /// Marks a host seen, at most once a minute (the row's `last_seen`; a failure is only logged).
+    func touch(_ host: HostRecord) async {
+        if let seen = host.lastSeen, Date().timeIntervalSince(seen) < 60 { return }
+        let name = host.name
+        do {
+            try await client.query("UPDATE hosts SET last_seen = now() WHERE name = \(name) AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')", logger: logger)
+        } catch {
+            logger.warning("cannot mark host \(name) seen: \(failure(error, doing: "marking the host seen").message)")
+        }
+    }
+}
