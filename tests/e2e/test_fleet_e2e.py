@@ -251,3 +251,19 @@ def test_host_cannot_read_another_environments_grants(fleet, team):
         body = r.json()
         assert all(g.get("environment") == STAGING for g in body.get("changes", [])), body
         assert alice not in r.text, body
+
+
+def test_the_server_name_runs_the_server_tree(tmpdir_root):
+    """Installed as jitd-server (the server package's name), the binary runs `jitd server ...`."""
+    from conftest import JITD
+    link = os.path.join(tmpdir_root, "jitd-server")
+    os.symlink(JITD, link)
+    cfg = os.path.join(tmpdir_root, "server.yaml")
+    with open(cfg, "w") as f:
+        f.write("listen:\n  port: 8443\n")
+    os.chmod(cfg, 0o600)
+    p = run([link, "check-config", "--config", cfg])
+    assert p.returncode == 1 and "public_url" in p.stderr and "is required" in p.stderr, p.stdout + p.stderr
+    assert run([link, "--version"]).stdout.strip() == run([JITD, "--version"]).stdout.strip()
+    p = run([link, "token", "--help"])
+    assert p.returncode == 0 and "create" in p.stdout, p.stderr
