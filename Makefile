@@ -1,7 +1,8 @@
 # jit-access — the two commands a newcomer needs:
 #   make demo    the main job end to end (as root, on a scratch Debian 12 machine)
 #   make check   every test: Swift unit tests, the PAM module's C tests, end-to-end tests (as root)
-#   make deb     dist/jit-access_VERSION_amd64.deb (static release binary, stripped module; see packaging/README.md)
+#   make deb     dist/jit-access_VERSION_amd64.deb and dist/jit-access-server_VERSION_amd64.deb (see packaging/README.md)
+#   make demo-fleet / make bench-fleet   the fleet story (PostgreSQL, a server, two hosts) / its benchmark
 
 SWIFT     ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
