@@ -158,7 +158,11 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore.
+            dependencies: [
+                "JITAgent", "JITCore", "JITServer", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
     ]

@@ -11,6 +11,36 @@ public struct ApprovalResult: Sendable {
     public var needed: Int
 }
 
+/// Where a request is filed on the control plane: by an enrolled host (`host`, with its outbox `seq`), or on
+/// the server's own socket (`host` nil). `facts` are what the rules see (the filing host's environment and
+/// labels); `hosts` are the targets asked for.
+public struct Filing: Sendable, Equatable {
+    public var host: String?
+    public var seq: Int64?
+    public var facts: HostFacts
+    public var hosts: [String]
+    public init(host: String?, seq: Int64?, facts: HostFacts, hosts: [String]) {
+        self.host = host
+        self.seq = seq
+        self.facts = facts
+        self.hosts = hosts
+    }
+
+    /// Records where the grant will apply: under an automatic rule a host's filing covers only that host (a
+    /// host's word alone never opens others); otherwise the named hosts, or (none named) every host of the
+    /// environment holding the rule's labels. A use-limited grant must name exactly one host: a use cannot be
+    /// spent once fleet-wide.
+    func place(_ r: inout AccessRequest, rule: Rule, automatic: Bool) throws(JITError) {
+        r.hosts = automatic ? (host.map { [$0] } ?? hosts) : hosts
+        r.labels = rule.labels
+        r.filedByHost = host
+        r.hostSeq = seq
+        if r.uses != nil && r.hosts.count != 1 {
+            throw JITError(.invalid, "a grant with a use limit (--once, or the rule's uses) must name exactly one host; name it with --host")
+        }
+    }
+}
+
 /// The rule-driven operations: filing under the rules (pending or automatic), break-glass, approving
 /// tier by tier with optional TOTP, extending, explaining, MFA enrolment and escalation. The decisions
 /// themselves are `Policy`'s pure functions; this wires them to the store, the clock and the log.
@@ -29,19 +59,24 @@ extension Engine {
 
     /// Admits a draft under the rules and stores it: pending, or approved at once (with its grant) when
     /// the matching rule is automatic. `extending` makes it an extension of that grant.
-    public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?) throws(JITError) -> Store.Decision {
+    public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?, origin: Filing? = nil) throws(JITError) -> Store.Decision {
         let cfg = config
         let now = clock.now()
         var trace: [String] = []
-        let a = try cfg.policy.evaluate(d, from: who, host: host(cfg), at: now, trace: &trace)
+        let a = try cfg.policy.evaluate(d, from: who, host: origin?.facts ?? host(cfg), at: now, trace: &trace)
         let draft = a.draft
         try effects.validate(user: who.name, scope: draft.scope, runAs: draft.runAs ?? "")
-        try CommandFolders.refuseWritable(draft.scope, for: who)
-        let r = AccessRequest(
+        // The commands' folders are the target hosts' to check (their agents do); the control plane has none.
+        if origin == nil { try CommandFolders.refuseWritable(draft.scope, for: who) }
+        var r = AccessRequest(
             user: who.name, uid: who.uid, environment: draft.environment ?? cfg.environment, scope: draft.scope, runAs: draft.runAs ?? "",
             duration: draft.duration ?? a.rule.defaultDuration, reason: draft.reason, createdAt: now,
             expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: a.rule.name, rhost: d.rhost, service: d.service,
             ticket: draft.ticket, extends: extending?.id, uses: Engine.uses(asked: d.uses, rule: a.rule.uses), record: a.rule.record)
+        if let o = origin {
+            try o.place(&r, rule: a.rule, automatic: a.automatic)
+            if let g = extending { r.hosts = g.hosts; r.labels = g.labels }
+        }
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
         try admitFiling(for: who)
         if a.automatic {
@@ -202,7 +237,8 @@ extension Engine {
         let draft = Draft(
             environment: g.environment, scope: g.scope, runAs: g.scope == .login ? nil : g.runAs, duration: secs, reason: m["reason"] ?? "",
             rhost: original?.rhost ?? "", service: original?.service ?? "", ticket: m["ticket"] ?? original?.ticket)
-        return try fileDecision(draft, for: who, extending: g).request
+        let origin = onControlPlane ? Filing(host: nil, seq: nil, facts: HostFacts(environment: g.environment, labels: Set(g.labels)), hosts: g.hosts) : nil
+        return try fileDecision(draft, for: who, extending: g, origin: origin).request
     }
 
     /// `explain`: which rule would decide a request, and why (a dry run: nothing is stored).

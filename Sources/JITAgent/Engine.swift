@@ -101,13 +101,13 @@ public final class Engine: Sendable {
         }
     }
 
-    /// What only a host's agent answers: the PAM question, sessions, sudo uses and recordings, and filing
-    /// (a request is filed on the host it is for, which sends it to the control plane).
-    static let hostOnlyWords: Set<String> = ["check", "session_open", "session_close", "request", "extend", "recordings", "audit", "audit_verify"]
+    /// What only a host's agent answers: the PAM question, sessions, sudo uses and recordings, and the
+    /// host's own trail (the control plane's is `jitd server audit`).
+    static let hostOnlyWords: Set<String> = ["check", "session_open", "session_close", "recordings", "audit", "audit_verify"]
 
     func dispatch(_ m: Message, _ c: Identity) throws(JITError) -> Message {
         if onControlPlane, Engine.hostOnlyWords.contains(m.word) {
-            throw JITError(.badRequest, "'\(m.word)' is answered by a host's jitd, not by the control plane: run it on the host (jit request files there and goes to the control plane); the central trail is read with 'jitd server audit'")
+            throw JITError(.badRequest, "'\(m.word)' is answered by a host's jitd, not by the control plane: run it on the host; the control plane's trail is read with 'jitd server audit'")
         }
         do {
             switch m.word {
@@ -262,7 +262,19 @@ public final class Engine: Sendable {
         }
         let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"], uses: uses)
         if try m.boolField("break_glass") {
+            guard !onControlPlane else {
+                throw JITError(.invalid, "break-glass is local to a host (it must work when the control plane cannot be reached): run jit request --break-glass on the host")
+            }
             return try breakGlass(draft, for: who).request
+        }
+        if onControlPlane {
+            // Filed on the server's socket: for the environment named, every host of it that the rule's labels
+            // allow (the rules see a host holding every label they ask for; the grant keeps the rule's labels).
+            guard let env = m["env"], !env.isEmpty else {
+                throw JITError(.badRequest, "the control plane serves every environment: name one with --env")
+            }
+            let labels = Set(config.policy.effectiveRules.flatMap(\.labels))
+            return try fileDecision(draft, for: who, extending: nil, origin: Filing(host: nil, seq: nil, facts: HostFacts(environment: env, labels: labels), hosts: [])).request
         }
         return try file(draft, for: who)
     }

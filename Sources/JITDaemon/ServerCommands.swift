@@ -105,6 +105,7 @@ struct ServerCheckConfig: AsyncParsableCommand {
             let ca = try FleetCA.load(certificatePath: c.caCertificate, keyPath: c.caKey)
             try SecureFiles.checkPrivate(c.tlsKey, what: "tls.key")
             _ = try c.databasePassword()
+            do { _ = try ServerEngine.loadPolicy(c) } catch { throw FleetError("config", error.description) }
             print("\(options.config): OK; public_url \(c.publicURL), listen \(c.listenAddress):\(c.listenPort), fleet CA \(Fingerprint.display(ca.fingerprint)), database '\(c.database.name)' at \(c.database.socketDir ?? "\(c.database.host):\(c.database.port)"), host certificates last \(Durations.format(c.hostCertificateLifetime))")
         } catch {
             throw fleetFailure(error)

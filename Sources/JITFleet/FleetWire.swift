@@ -234,7 +234,8 @@ extension FleetWire {
 
     /// `GET /v1/grants/stream?cursor=N&wait=S` (long-poll, `wait` ≤ 55 s, default 30): the changes to grants
     /// that concern the caller with version > N, in version order, at once if there are any, else when one
-    /// comes or `wait` passes (then `changes` is empty and `cursor` is N). `reset`: the host must replace
+    /// comes or `wait` passes (then `changes` is empty and `cursor` is N or later: nothing up to it concerns the
+    /// caller). `reset`: the host must replace
     /// everything it holds from the fleet by `changes` (which then are the caller's grants that are active
     /// now): sent for cursor 0 and for a cursor older than what the server keeps.
     public struct GrantStream: Codable, Sendable, Equatable {

@@ -15,14 +15,16 @@ import X509
 public enum FleetServer {
     /// Loads the CA and the server's TLS identity, and builds the HTTPS application. The PostgreSQL client
     /// runs beside it in the same service group; migrations and the CA check run before the port opens.
-    /// `filing` is the decision engine behind `POST /v1/requests` (none: those routes answer 503).
+    /// `filing` is the decision engine behind `POST /v1/requests` (none: this server's own `ServerEngine`).
     public static func buildApplication(config: ServerConfig, logger: Logger, filing: (any HostFiling)? = nil) throws(FleetError) -> some ApplicationProtocol {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
         let db = try FleetDatabase(config: config, logger: logger)
+        // The decision engine over PostgreSQL: the approvers' socket, the timer, and `HostFiling` for the host routes.
+        let decide = try ServerEngine(config: config, db: db, logger: logger)
         let hub = StreamHub(db: db, limits: config.streamLimits, logger: logger)
         let router = Router(context: FleetContext.self)
-        FleetAPI(ca: ca, db: db, config: config, stream: hub, filing: filing).addRoutes(to: router)
+        FleetAPI(ca: ca, db: db, config: config, stream: hub, filing: filing ?? decide).addRoutes(to: router)
         let server: HTTPServerBuilder
         do { server = try .tls(.http1(), tlsConfiguration: tls) } catch {
             throw FleetError("tls", "cannot set up TLS with \(config.tlsCertificate) and \(config.tlsKey): \(error)")
@@ -30,11 +32,12 @@ public enum FleetServer {
         var app = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(config.listenAddress, port: config.listenPort), serverName: nil),
-            services: [db.client, StreamListener(hub: hub, db: db, retention: config.streamRetention, logger: logger)], logger: logger)
+            services: [db.client, StreamListener(hub: hub, db: db, retention: config.streamRetention, logger: logger), EngineService(engine: decide)], logger: logger)
         app.beforeServerStarts {
             let applied = try await db.migrate()
             if !applied.isEmpty { logger.info("applied schema migrations \(applied.map(String.init).joined(separator: ", "))") }
             try await db.bind(ca: ca)
+            try decide.start()
             logger.info("fleet CA \(Fingerprint.display(ca.fingerprint)); listening on \(config.listenAddress):\(config.listenPort) for \(config.publicURL)")
         }
         return app
@@ -99,5 +102,14 @@ public enum FleetServer {
         let uid = getuid()
         let name = getpwuid(uid).map { String(cString: $0.pointee.pw_name) } ?? "?"
         return "uid \(uid) (\(name)) on the server host"
+    }
+}
+
+/// Stops the decision engine (its socket, timer and scratch folder) when the server shuts down.
+struct EngineService: Service {
+    let engine: ServerEngine
+    func run() async throws {
+        try? await gracefulShutdown()
+        engine.stop()
     }
 }

@@ -135,11 +135,11 @@ struct CheckedEvent: Sendable {
 /// The bounds of `POST /v1/events` and `POST /v1/requests`.
 public enum HostBodies {
     public static let requestBodyLimit = 64 * 1024
-    public static let eventBodyLimit = 2 * 1024 * 1024
+    public static let eventBodyLimit = 8 * 1024 * 1024
     public static let maxEvents = 500
     static let maxField = 256
-    static let maxDataEntries = 64
-    static let maxDataValue = 4096
+    static let maxDataEntries = 128
+    static let maxDataValue = 64 * 1024
 
     /// Checks a batch: at most 500 events, seq > 0 and unique, `at` RFC 3339, short fields, a small flat `data`.
     /// The first bad event is named by its index and seq; nothing of a refused batch is stored.

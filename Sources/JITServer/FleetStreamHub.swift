@@ -10,8 +10,9 @@ import ServiceLifecycle
 /// A notification on `jit_changes` (payload: an environment) makes the hub read that environment's new rows
 /// once, append them to its cache and answer, from memory, every waiting host the rows concern: one query per
 /// woken environment, not one per host. The notification carries nothing the hub trusts; it only says "read
-/// again". While the listener is away the hub reads every environment it waits on each second instead, and
-/// when it comes back it reads them all and re-checks the waiting hosts (revocations it may have missed).
+/// again". While the listener is away the hub reads every environment it waits on each second instead (and
+/// every 15 s even with it), and when it comes back it reads them all and re-checks the waiting hosts
+/// (revocations it may have missed).
 actor StreamHub {
     enum Wake: Sendable {
         case answer(FleetWire.GrantStream)
@@ -199,7 +200,11 @@ actor StreamHub {
         repeat {
             dirty.remove(environment)
             do { try await refresh(environment) } catch {
-                logger.warning("stream: cannot read the changes of environment \(environment): \(error.message)")
+                logger.warning("stream: cannot read the changes of environment \(environment): \(error.message); trying again in a second")
+                Task {
+                    try? await Task.sleep(for: .seconds(1))
+                    self.environmentChanged(environment)
+                }
             }
         } while dirty.contains(environment)
         refreshing.remove(environment)
@@ -283,11 +288,14 @@ struct StreamListener: Service {
         }
     }
 
-    /// Without the listener, a notification may be lost: read every environment waited on each second.
+    /// Without the listener, a notification may be lost: read every environment waited on each second. With it,
+    /// every 15 seconds all the same (one query per environment), so nothing can be held up longer than that.
     private func pollWhileAway() async {
+        var tick = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            if await !hub.live { await hub.refreshAll() }
+            tick += 1
+            if await !hub.live || tick % 15 == 0 { await hub.refreshAll() }
         }
     }
 

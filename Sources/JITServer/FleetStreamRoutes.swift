@@ -46,22 +46,31 @@ extension FleetAPI {
         hosts.post("requests") { request, context in
             let h = try context.caller()
             let body = try await Self.body(FleetWire.HostRequest.self, request, limit: HostBodies.requestBodyLimit)
-            guard body.seq > 0 else { throw APIError(.badRequest, "bad_request", "seq must be > 0 (the host's outbox sequence number)") }
-            let filing = try self.filingEngine()
-            let (status, created) = try await filing.fileReportingReplay(body, from: h)
-            return try Self.json(status, status: created ? .created : .ok)
+            let (status, code) = try await Self.file(body, from: h, with: filing)
+            return try Self.json(status, status: code)
         }
         hosts.get("requests/:id") { _, context in
             let h = try context.caller()
-            guard let raw = context.parameters.get("id"), let id = Int64(raw), id > 0 else {
-                throw APIError(.notFound, "not_found", "there is no such request: the id is a whole number > 0")
-            }
-            let filing = try self.filingEngine()
-            return try Self.json(try await filing.status(id: id, for: h))
+            return try Self.json(try await Self.status(context.parameters.get("id"), for: h, with: filing))
         }
     }
 
-    func filingEngine() throws -> any HostFiling {
+    /// `POST /v1/requests` once the body is read: 201 for a new request, 200 for the same `(caller, seq)` again.
+    static func file(_ body: FleetWire.HostRequest, from caller: CallerHost, with filing: (any HostFiling)?) async throws -> (FleetWire.RequestStatus, HTTPResponse.Status) {
+        guard body.seq > 0 else { throw APIError(.badRequest, "bad_request", "seq must be > 0 (the host's outbox sequence number)") }
+        let (status, created) = try await engine(filing).fileReportingReplay(body, from: caller)
+        return (status, created ? .created : .ok)
+    }
+
+    /// `GET /v1/requests/{id}`: the engine answers only for requests the caller filed.
+    static func status(_ raw: String?, for caller: CallerHost, with filing: (any HostFiling)?) async throws -> FleetWire.RequestStatus {
+        guard let raw, let id = Int64(raw), id > 0 else {
+            throw APIError(.notFound, "not_found", "there is no such request: the id is a whole number > 0")
+        }
+        return try await engine(filing).status(id: id, for: caller)
+    }
+
+    static func engine(_ filing: (any HostFiling)?) throws -> any HostFiling {
         guard let filing else {
             throw APIError(.serviceUnavailable, "not_available", "this control plane was built without a decision engine, so it cannot take requests from hosts")
         }

@@ -11,7 +11,7 @@ import PostgresNIO
 /// committed version below V, and a cursor never skips a row committed later with a smaller version.
 extension FleetDatabase {
     /// The key of the advisory lock the grants trigger takes ("jitgrant").
-    static let changeLock: Int64 = 0x6a69_7467_7261_6e74
+    public static let changeLock: Int64 = 0x6a69_7467_7261_6e74
 
     static let streamMigration: [String] = [
         """

@@ -33,23 +33,30 @@ public final class PostgresStore: DecisionStore, Sendable {
 
     // MARK: bridging
 
-    final class Outcome<T>: @unchecked Sendable { var value: Result<T, JITError>? }
+    /// The work and its outcome, handed to the task. The task drops the work before it signals, so the
+    /// closure does not outlive `withoutActuallyEscaping`.
+    final class Handoff<T>: @unchecked Sendable {
+        var work: (() async throws -> T)?
+        var value: Result<T, JITError>?
+        init(_ work: @escaping () async throws -> T) { self.work = work }
+    }
     struct Unchecked<T>: @unchecked Sendable { let value: T }
 
     /// Runs `body` to its end on the cooperative pool while this (plain) thread waits; its errors become a
     /// sentence naming the database. Safe because the caller's closures outlive the task: we wait for it.
     func blocking<T>(_ what: String, _ body: () async throws -> T) throws(JITError) -> T {
-        let out = Outcome<T>()
         let done = DispatchSemaphore(value: 0)
-        withoutActuallyEscaping(body) { body in
-            let b = Unchecked(value: body)
+        let out: Result<T, JITError> = withoutActuallyEscaping(body) { body in
+            let h = Handoff(body)
             Task.detached { [self] in
-                do { out.value = .success(try await b.value()) } catch { out.value = .failure(self.jitError(error, doing: what)) }
+                do { h.value = .success(try await h.work!()) } catch { h.value = .failure(self.jitError(error, doing: what)) }
+                h.work = nil
                 done.signal()
             }
             done.wait()
+            return h.value!
         }
-        return try out.value!.get()
+        return try out.get()
     }
 
     /// Runs `body` in one transaction (committed before it returns; rolled back on any throw).
@@ -148,6 +155,12 @@ public final class PostgresStore: DecisionStore, Sendable {
         try await grants(c, "SELECT \(unescaped: Self.grantColumns) FROM grants WHERE id = \(id)\(unescaped: lock ? " FOR UPDATE" : "")").first
     }
 
+    /// The lock order for writers of `grants` (docs/FLEET.md): a transaction that locks grant rows and then
+    /// writes them takes the stream's change lock first, as the grants trigger would at its first write.
+    func lockChanges(_ c: PostgresConnection) async throws {
+        try await c.query("SELECT pg_advisory_xact_lock(\(FleetDatabase.changeLock))", logger: logger)
+    }
+
     /// Rounds to the millisecond, as the SQLite store keeps times, so both give the same answers.
     static func ms(_ d: Date) -> Date { Timestamps.date(millis: Timestamps.millis(d)) }
 
@@ -211,6 +224,7 @@ public final class PostgresStore: DecisionStore, Sendable {
         try await c.query("UPDATE requests SET state = 'approved', decided_at = \(now), decided_by = \(by), comment = \(comment), approved_via = \(viaRaw) WHERE id = \(id)", logger: logger)
         try await audit(c, "request.approved", actor: by, user: r.user, request: id, data: ["via": viaRaw])
         if let gid = r.extends {
+            try await lockChanges(c)
             guard var g = try await loadGrant(c, gid, lock: true) else { throw JITError(.notFound, "grant \(gid) does not exist") }
             guard g.state == .active, g.expiresAt > now else {
                 throw JITError(.conflict, "grant \(gid) has ended, so request \(r.id) cannot extend it; deny it and ask for a new grant")
@@ -318,6 +332,7 @@ public final class PostgresStore: DecisionStore, Sendable {
     public func expireDueGrants(now: Date) throws(JITError) -> [Grant] {
         let at = Self.ms(now), n = Self.batch
         return try transaction("expiring grants") { c in
+            try await self.lockChanges(c)
             var ids: [Int64] = []
             let q: PostgresQuery = "SELECT id FROM grants WHERE state = 'active' AND expires_at <= \(at) ORDER BY expires_at LIMIT \(n) FOR UPDATE SKIP LOCKED"
             for try await id in try await c.query(q, logger: self.logger).decode(Int64.self) { ids.append(id) }
@@ -384,6 +399,7 @@ public final class PostgresStore: DecisionStore, Sendable {
 
     public func endGrant(id: Int64, as next: GrantState, by who: String?, at now: Date) throws(JITError) -> Grant {
         try transaction("ending grant \(id)") { c in
+            try await self.lockChanges(c)
             guard var g = try await self.loadGrant(c, id, lock: true) else {
                 throw JITError(.notFound, "there is no grant \(id); list grants with 'jit grants'")
             }

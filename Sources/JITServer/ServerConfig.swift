@@ -34,6 +34,14 @@ public struct ServerConfig: Equatable, Sendable {
     public var hostCertificateLifetime: Int64 = 30 * 86_400
     /// The longest a join token may last.
     public var maxTokenTTL: Int64 = 7 * 86_400
+    /// The policy the control plane decides by: a YAML file with jit.yaml's policy keys (`rules:`,
+    /// `policy:`, `break_glass:`, `pending_ttl:`, `limits:`); nil: the built-in default policy.
+    public var policyPath: String? = nil
+    /// The control plane's own Unix socket: `jit --socket PATH list|show|approve|deny|grants|revoke` on the server.
+    public var socket: String = "/run/jit/server.sock"
+    /// Whether `socket:` was written in the file: then a socket that cannot be opened stops the server; the
+    /// default one is skipped with a warning (another replica on this machine may hold it).
+    public var socketRequired = false
     /// How long grant changes are kept for hosts to resume from (`stream.retention`); older cursors get a reset.
     public var streamRetention: Int64 = 7 * 86_400
     /// The limits of the grant stream on each replica (`stream.max_waiters`).
@@ -62,7 +70,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "stream"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket", "stream"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -111,6 +119,11 @@ public struct ServerConfig: Equatable, Sendable {
             let m = try r.mapping(t, path: "tokens")
             try r.onlyKeys(m, ["max_ttl"], path: "tokens")
             if let v = m["max_ttl"]?.1 { c.maxTokenTTL = try r.duration(v, path: "tokens.max_ttl", ceiling: 30 * 86_400) }
+        }
+        if let v = top["policy"]?.1 { c.policyPath = try r.absolutePath(v, path: "policy") }
+        if let v = top["socket"]?.1 {
+            c.socket = try r.absolutePath(v, path: "socket")
+            c.socketRequired = true
         }
         if let t = top["stream"]?.1 {
             let m = try r.mapping(t, path: "stream")

@@ -1,8 +1,10 @@
+import Crypto
 import Foundation
 import JITCore
 import JITFleet
 @testable import JITServer
 import Testing
+import X509
 
 private func grant(_ id: Int64, env: String = "staging", hosts: [String] = [], labels: [String] = [], state: String = "active") -> FleetWire.Grant {
     FleetWire.Grant(id: id, requestID: 1, user: "alice", environment: env, hosts: hosts, labels: labels, scope: "sudo", commands: [], runAs: "root",
@@ -124,9 +126,9 @@ private func grant(_ id: Int64, env: String = "staging", hosts: [String] = [], l
         refused([event(3, at: "yesterday")], "at must be an RFC 3339 time")
         refused([event(3, kind: "")], "kind is empty")
         refused([event(3, kind: String(repeating: "k", count: 300))], "kind is longer than 256")
-        refused([event(3, data: ["k": String(repeating: "v", count: 5000)])], "too long")
+        refused([event(3, data: ["k": String(repeating: "v", count: 65 * 1024)])], "too long")
         refused([event(3, data: ["k": "a\u{0}b"])], "NUL")
-        refused([event(3, data: Dictionary(uniqueKeysWithValues: (0..<65).map { ("k\($0)", "v") }))], "more than 64 entries")
+        refused([event(3, data: Dictionary(uniqueKeysWithValues: (0..<129).map { ("k\($0)", "v") }))], "more than 128 entries")
         refused((1...501).map { event($0) }, "at most 500 events")
     }
 }
@@ -150,6 +152,72 @@ private func grant(_ id: Int64, env: String = "staging", hosts: [String] = [], l
             } catch {
                 #expect(error.field.hasPrefix(field), "\(error)")
             }
+        }
+    }
+}
+
+/// A decision engine that files in memory: idempotent on (caller, seq), answers only the filer.
+private actor MemoryFiling: HostFiling {
+    var byKey: [String: FleetWire.RequestStatus] = [:]
+    var filer: [Int64: String] = [:]
+    var next: Int64 = 0
+
+    func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool) {
+        let key = "\(caller.record.name)/\(request.seq)"
+        if let s = byKey[key] { return (s, false) }
+        next += 1
+        let s = FleetWire.RequestStatus(id: next, state: "pending", rule: "default", user: request.user, environment: caller.record.environment,
+                                        hosts: [caller.record.name], approverGroups: ["ops"], grantID: nil, expiresAt: "2026-12-02T02:00:00Z", message: "ask ops")
+        byKey[key] = s
+        filer[next] = caller.record.name
+        return (s, true)
+    }
+
+    func file(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus {
+        try await fileReportingReplay(request, from: caller).0
+    }
+
+    func status(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus {
+        guard filer[id] == caller.record.name, let s = byKey.values.first(where: { $0.id == id }) else {
+            throw FleetError("not_found", "there is no request \(id) filed by this host")
+        }
+        return s
+    }
+}
+
+@Suite struct HostRequestRouteTests {
+    func caller(_ name: String) -> CallerHost {
+        CallerHost(record: HostRecord(name: name, environment: "staging", labels: [], serial: "01", previousSerial: nil, notAfter: Date(),
+                                      enrolledAt: Date(), revokedAt: nil, lastSeen: nil),
+                   serial: "01", publicKey: Certificate.PublicKey(P256.Signing.PrivateKey().publicKey))
+    }
+    let req = FleetWire.HostRequest(seq: 1, user: "alice", scope: "sudo", reason: "deploy", filedAt: "2026-12-02T01:00:00Z")
+
+    @Test func newIs201ReplayIs200AndOnlyTheFilerReads() async throws {
+        let engine = MemoryFiling()
+        let a = caller("web1"), b = caller("web2")
+        let (first, c1) = try await FleetAPI.file(req, from: a, with: engine)
+        #expect(c1 == .created && first.hosts == ["web1"])
+        let (again, c2) = try await FleetAPI.file(req, from: a, with: engine)
+        #expect(c2 == .ok && again == first)
+        // The same seq from another host is that host's own request.
+        let (other, c3) = try await FleetAPI.file(req, from: b, with: engine)
+        #expect(c3 == .created && other.id != first.id)
+        #expect(try await FleetAPI.status(String(first.id), for: a, with: engine) == first)
+        await #expect(throws: FleetError.self) { try await FleetAPI.status(String(first.id), for: b, with: engine) }
+    }
+
+    @Test func badInputAndNoEngine() async {
+        func code(_ body: () async throws -> Void) async -> String? {
+            do { try await body(); return nil } catch let e as APIError { return "\(e.status.code) \(e.code)" } catch { return "\(error)" }
+        }
+        let engine = MemoryFiling(), a = caller("web1")
+        var zero = req
+        zero.seq = 0
+        #expect(await code { _ = try await FleetAPI.file(zero, from: a, with: engine) } == "400 bad_request")
+        #expect(await code { _ = try await FleetAPI.file(req, from: a, with: nil) } == "503 not_available")
+        for raw in [nil, "x", "0", "-3", "1.5"] as [String?] {
+            #expect(await code { _ = try await FleetAPI.status(raw, for: a, with: engine) } == "404 not_found")
         }
     }
 }

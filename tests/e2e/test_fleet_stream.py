@@ -252,17 +252,18 @@ def test_events_sent_twice_are_stored_once_under_the_callers_name(fleet):
     assert r.status_code == 400 and "events[1] (seq 9)" in r.json()["error"]["message"], r.text
     r = fleet.call(a, "POST", "/v1/events", json={"events": [dict(batch["events"][0], seq=10 + i) for i in range(501)]})
     assert r.status_code == 400 and "at most 500" in r.json()["error"]["message"]
-    r = fleet.call(a, "POST", "/v1/events", data=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"})
+    r = fleet.call(a, "POST", "/v1/events", data=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert fleet.sql("SELECT max(seq) FROM host_events WHERE host = 'se-a'") == [["3"]]
     assert fleet.call(a, "POST", "/v1/events", json={"events": []}).json() == {"acked": 3}
 
 
-def test_requests_are_the_callers_own(fleet):
+def test_requests_are_the_callers_own(fleet, people):
     fleet.start(count=2)
     a = fleet.enrol("sq-a", "staging")
     b = fleet.enrol("sq-b", "staging")
-    req = {"seq": 1, "user": "alice", "scope": "sudo", "commands": [], "reason": "deploy", "hosts": [],
+    # A user the server's NSS knows: the engine refuses requests for anyone else.
+    req = {"seq": 1, "user": people["alice"], "scope": "sudo", "commands": [], "reason": "deploy", "hosts": [],
            "rhost": "10.0.0.1", "service": "sudo", "filed_at": "2026-12-02T01:00:00Z"}
     r = fleet.call(a, "POST", "/v1/requests", json=req)
     if r.status_code == 503 and r.json()["error"]["code"] == "not_available":
