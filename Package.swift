@@ -56,6 +56,7 @@ let package = Package(
             name: "JITAgent",
             dependencies: [
                 "JITCore",
+                "JITFleet",
                 "JITSudoers",
                 "CJITSys",
                 .product(name: "GRDB", package: "GRDB.swift"),

@@ -38,6 +38,8 @@ public final class Agent: Sendable {
     public let notifications: Notifications
     /// Set by SIGHUP: reconcile at once.
     let reconcileNow = Atomic<Bool>(false)
+    /// Fleet mode (`server:`): the stream, outbox and trail worker (nil on a single host).
+    public let fleetSync: FleetSync?
 
     public init(configPath: String, overrides: Overrides, logger: Logger,
                 effects: (@Sendable (Config, Logger, Store) -> any GrantEffects)? = nil) throws(JITError) {
@@ -56,6 +58,7 @@ public final class Agent: Sendable {
         server = Server(engine: engine, path: config.socket)
         trail = AuditTrail(store: store, settings: config.audit, logger: logger)
         notifications = Notifications(engine: engine)
+        fleetSync = try Agent.fleetSync(config: config, engine: engine)
     }
 
     /// Runs until SIGTERM or SIGINT. Returns the exit status.
@@ -90,6 +93,10 @@ public final class Agent: Sendable {
         shipperThread.start()
         let notifyThread = Thread { [self] in self.deliverNotifications() }
         notifyThread.start()
+        if let sync = fleetSync {
+            engine.logger.notice("fleet mode: control plane \(sync.plane.url), host \(sync.host.name) in \(sync.host.environment), offline: \(cfg.server?.offline.rawValue ?? "")")
+            Task.detached { await sync.run() }
+        }
 
         let signalSet = set
         while true {
@@ -103,6 +110,7 @@ public final class Agent: Sendable {
             engine.logger.notice("jitd stopping (signal \(sig))")
             engine.audit("agent.stop", data: [("signal", String(sig))])
             stopped.store(true, ordering: .sequentiallyConsistent)
+            fleetSync?.stop()
             server.stop()
             engine.schedulerWaker.wake()
             engine.store.appended.wake()
@@ -127,6 +135,12 @@ public final class Agent: Sendable {
                 c.socket = old.socket
                 c.database = old.database
                 c.sudoersDir = old.sudoersDir
+            }
+            if (c.server == nil) != (old.server == nil) || c.server?.fleet != old.server?.fleet {
+                engine.logger.warning("reload: turning fleet mode on or off, or server.fleet, takes effect at the next restart")
+                c.server = old.server
+            } else if let s = c.server {
+                engine.store.fleet.configure(s, server: engine.store.fleet.server)
             }
             engine.replaceConfig(c)
             trail.update(c.audit)

@@ -60,6 +60,7 @@ extension Engine {
     /// Admits a draft under the rules and stores it: pending, or approved at once (with its grant) when
     /// the matching rule is automatic. `extending` makes it an extension of that grant.
     public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?, origin: Filing? = nil) throws(JITError) -> Store.Decision {
+        if isFleetHost { return try fleetFile(d, for: who, extending: extending) }
         let cfg = config
         let now = clock.now()
         var trace: [String] = []
@@ -156,6 +157,7 @@ extension Engine {
     /// within the rule's conditions (time window, the requester's groups), with a TOTP code when the rule
     /// asks for one. The request is approved when some open tier has enough distinct approvers.
     public func approve(id: Int64, by c: Identity, comment: String?, otp: String? = nil) throws(JITError) -> ApprovalResult {
+        try refuseFleetDecision("approved")
         let policy = config.policy
         let now = clock.now()
         let r = try loadRequest(id)
@@ -200,6 +202,7 @@ extension Engine {
     /// Denies a pending request: an approver of a tier open now (any approver when its rule is gone), never
     /// one's own.
     public func deny(id: Int64, by c: Identity, comment: String?) throws(JITError) -> AccessRequest {
+        try refuseFleetDecision("denied")
         let policy = config.policy
         let now = clock.now()
         let r = try decisions.end(id: id, as: .denied, by: c.name, comment: comment, at: now) { r throws(JITError) in

@@ -133,7 +133,8 @@ public final class Engine: Sendable {
                 return try sessionClose(m, c)
             case "request":
                 try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass", "uses"])
-                return Message("ok", try fileRequest(m, c).fields)
+                let r = try fileRequest(m, c)
+                return Message("ok", r.fields + (isFleetHost && r.state == .pending ? [("message", fleetPendingMessage(r))] : []))
             case "list":
                 try m.onlyKeys(["pending", "mine", "before"])
                 let mine = try m.bool("mine")
@@ -364,7 +365,7 @@ public final class Engine: Sendable {
     func pendingReply(_ r: AccessRequest) -> Message {
         Message("ok", [
             ("decision", "pending"), ("request", String(r.id)), ("expires_at", Timestamps.format(r.expiresAt)),
-            ("message", "request \(r.id) is waiting for approval; an approver runs: jit approve \(r.id)"),
+            ("message", isFleetHost ? fleetPendingMessage(r) : "request \(r.id) is waiting for approval; an approver runs: jit approve \(r.id)"),
         ])
     }
 

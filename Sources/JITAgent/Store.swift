@@ -17,6 +17,8 @@ public final class Store: Sendable {
     let grantCache = Mutex<(gen: UInt64, byUser: [String: [Grant]])?>(nil)
     /// Poked after every committed change too: the notifier waits on it.
     public let outboxWaker = Waker()
+    /// Fleet mode: contact and which grants came from the control plane (see FleetStore.swift).
+    public let fleet = FleetStatus()
 
     /// Opens (and migrates) the database. Refuses, with a sentence naming the file, a database that is
     /// read-only, corrupt, or not ours.
@@ -176,6 +178,7 @@ public final class Store: Sendable {
                 """)
         }
         Store.registerUsesMigration(&m)
+        Store.registerFleetMigration(&m)
         return m
     }
 
@@ -403,7 +406,7 @@ public final class Store: Sendable {
     /// Every active, unexpired grant of the user that covers `kind` (from the same cache).
     public func coveringGrants(user: String, kind: ServiceKind, now: Date) throws(JITError) -> [Grant] {
         try cachedActiveGrants(user: user)
-            .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) }
+            .filter { $0.state == .active && $0.expiresAt > now && $0.covers(kind) && fleet.usable($0.id, now: now) }
     }
 
     func cachedActiveGrants(user: String) throws(JITError) -> [Grant] {

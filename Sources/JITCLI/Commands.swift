@@ -158,13 +158,15 @@ struct Request: ParsableCommand {
         if !wait {
             if json { print(Output.json(r)) } else {
                 print("request \(r.id) filed: \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)); waiting for approval.")
-                print("An approver runs: jit approve \(r.id)")
+                // A fleet host says where the request went (or that the control plane cannot be reached).
+                print(reply["message"].map(Output.clean) ?? "An approver runs: jit approve \(r.id)")
             }
             return
         }
         if !json {
             print("request \(r.id) filed: \(r.scopeText) in \(r.environment) for \(Durations.format(r.duration)).")
-            print("Waiting for approval (an approver runs: jit approve \(r.id)); Ctrl-C stops waiting and cancels it.")
+            if let msg = reply["message"] { print(Output.clean(msg)) }
+            print("Waiting for approval\(reply["message"] == nil ? " (an approver runs: jit approve \(r.id))" : ""); Ctrl-C stops waiting and cancels it.")
         }
         let t = (try? Durations.parse(timeout)) ?? 3600
         let c = try Client(path: connection.path)

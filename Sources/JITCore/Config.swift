@@ -87,6 +87,8 @@ public struct Config: Equatable, Sendable {
     /// What one user may take of the agent (`limits:`).
     public var limits = LimitSettings()
     public var policy = Policy()
+    /// `server:`: fleet mode (nil: a single host).
+    public var server: FleetSettings? = nil
 
     public init() {}
 
@@ -122,7 +124,7 @@ public struct Config: Equatable, Sendable {
         let r = YAMLReader(file: file)
         var c = Config()
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "sudo_io_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "limits", "policy", "rules", "break_glass"], path: "")
+        try r.onlyKeys(top, ["environment", "labels", "socket", "database", "sudoers_dir", "sudo_io_dir", "pending_ttl", "reconcile_interval", "audit", "notify", "limits", "policy", "rules", "break_glass", "server"], path: "")
         guard top["environment"] != nil else {
             throw ConfigError(file: file, line: root.mark?.line, field: "environment", message: "is required: name this host's environment, e.g. 'environment: production'")
         }
@@ -146,6 +148,7 @@ public struct Config: Equatable, Sendable {
                 c.policy.rules = rules
                 c.policy.breakGlass = bg
             case "labels": c.labels = try r.names(value, path: key, nonEmpty: false)
+            case "server": c.server = try parseServer(value, r: r)
             case "rules", "break_glass": break
             default: throw r.error(keyNode, key, "is not a known setting")
             }

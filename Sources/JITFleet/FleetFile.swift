@@ -4,7 +4,7 @@ public import JITCore
 /// `/etc/jit/fleet.yaml`: what `jitd enrol` learnt and where it put the host's key and certificates.
 ///
 /// A file of its own, written by `jitd enrol` (and rewritten on renewal), never by hand: jit.yaml stays the
-/// admin's own text. Fleet mode is in progress: the agent does not act on this file yet.
+/// admin's own text. The agent acts on it when jit.yaml has `server:` (fleet mode; `server.fleet` names it).
 public struct FleetFile: Equatable, Sendable {
     public static let defaultPath = "/etc/jit/fleet.yaml"
     public static let defaultDirectory = "/var/lib/jit/fleet"
@@ -36,7 +36,7 @@ public struct FleetFile: Equatable, Sendable {
         func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
         return """
             # Written by 'jitd enrol'; do not edit (enrol again, or 'jitd enrol --renew').
-            # Fleet mode is in progress: the agent does not act on this file yet.
+            # jitd uses it when jit.yaml has 'server:' (see jit.yaml(5), SERVER).
             server: \(q(server))
             name: \(q(name))
             environment: \(q(environment))

@@ -1,0 +1,304 @@
+public import Foundation
+public import JITCore
+public import JITFleet
+import Logging
+import Synchronization
+
+/// The calls the host agent makes to the control plane. `LiveControlPlane` speaks HTTPS with mutual TLS;
+/// tests give a fake (no network).
+public protocol ControlPlane: Sendable {
+    var url: String { get }
+    func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus
+    func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus
+    func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream
+    func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck
+    /// Renews the host certificate when less than a third of its life is left; returns the new end if it did.
+    func renewIfDue(now: Date) async throws(FleetError) -> Date?
+}
+
+/// The control plane over HTTPS: the fleet file names the server, the host key and certificate and the CA.
+public final class LiveControlPlane: ControlPlane {
+    let client: FleetClient
+    let fleetPath: String
+    /// One session (connections, TLS context) per certificate: replaced after a renewal.
+    let session: Mutex<FleetSession>
+    public var url: String { client.server }
+
+    public init(fleet: FleetFile, path: String) throws(FleetError) {
+        client = try FleetClient(server: fleet.server)
+        fleetPath = path
+        session = Mutex(try FleetSession(fleet: fleet))
+    }
+
+    var current: FleetSession { session.withLock { $0 } }
+
+    public func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus { try await current.file(r) }
+    public func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus { try await current.requestStatus(id: id) }
+    public func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
+        try await current.stream(cursor: cursor, wait: wait)
+    }
+    public func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck { try await current.send(events: b) }
+
+    public func renewIfDue(now: Date) async throws(FleetError) -> Date? {
+        let old = current
+        let (from, to) = try FleetClient.validity(fleet: old.fleet)
+        guard FleetSync.renewalDue(notBefore: from, notAfter: to, now: now) else { return nil }
+        // The files are replaced atomically (write to a temporary file, fsync, rename), key first.
+        let renewed = try await client.renew(fleet: old.fleet, fleetPath: fleetPath, newKey: false)
+        let fresh = try FleetSession(fleet: renewed)
+        session.withLock { $0 = fresh }
+        // Calls already under way on the old session finish first (a long-poll: within its wait).
+        Task { try? await Task.sleep(nanoseconds: 90_000_000_000); await old.shutdown() }
+        return try FleetClient.validity(fleet: renewed).notAfter
+    }
+}
+
+/// The host agent's fleet worker: holds the grant stream (long-poll from the stored cursor), sends the
+/// request outbox with back-off, asks about open requests, ships the audit trail, renews the certificate.
+/// Everything it learns is committed to SQLite before it acts; the check path never waits for it.
+public final class FleetSync: Sendable {
+    public let engine: Engine
+    public let plane: any ControlPlane
+    public let host: Store.FleetHostFacts
+    let stopped = Atomic<Bool>(false)
+    /// Long-poll wait asked of the server, in seconds.
+    let wait: Int
+    /// How often open requests are asked about, and how many at most per pass.
+    let pollEvery: Double
+    static let pollLimit = 50
+    static let eventBatch = 500
+
+    public init(engine: Engine, plane: any ControlPlane, host: Store.FleetHostFacts, wait: Int = 25, pollEvery: Double = 5) {
+        self.engine = engine
+        self.plane = plane
+        self.host = host
+        self.wait = wait
+        self.pollEvery = pollEvery
+    }
+
+    var store: Store { engine.store }
+    var logger: Logger { engine.logger }
+
+    /// Renew when less than a third of the certificate's life is left.
+    public static func renewalDue(notBefore: Date, notAfter: Date, now: Date) -> Bool {
+        let life = notAfter.timeIntervalSince(notBefore)
+        return notAfter.timeIntervalSince(now) < life / 3
+    }
+
+    /// Back-off after `attempts` failures: 1 s doubling to 60 s.
+    public static func backoff(_ attempts: Int) -> Double { min(60, pow(2, Double(min(attempts, 6)))) }
+
+    /// Loads what the check path needs from SQLite (contact time, the fleet's grants).
+    public func prime() throws(JITError) {
+        store.fleet.setContact(try store.fleetCursor().lastContact)
+        store.fleet.setFleetGrants(try store.activeFleetGrantIDs())
+    }
+
+    public func stop() { stopped.store(true, ordering: .sequentiallyConsistent) }
+    var isStopped: Bool { stopped.load(ordering: .sequentiallyConsistent) }
+
+    func contact() { store.fleet.heard(at: engine.clock.now()) }
+
+    func lost(_ e: FleetError, _ what: String) {
+        if store.fleet.reachable { logger.warning("the control plane \(plane.url) cannot be reached (\(what)): \(e.message); cached grants stay in force (offline: \(engine.config.server?.offline.rawValue ?? "best_effort"))") }
+        store.fleet.unreachable()
+    }
+
+    /// A stream error that means "the server is not there" rather than "the server said no".
+    static func isTransient(_ e: FleetError) -> Bool {
+        e.code == "unreachable" || e.code.hasPrefix("http_5") || e.code == "bad_answer" || e.code == "unavailable" || e.code == "internal"
+    }
+
+    // MARK: the stream
+
+    /// Applies one batch: the users resolved in NSS first, then one transaction, then the effects.
+    @discardableResult
+    public func apply(_ b: FleetWire.GrantStream) throws(JITError) -> Store.FleetApplied {
+        var uids: [String: UInt32] = [:]
+        for u in Set(b.changes.map(\.user)) { if let who = engine.directory.user(name: u) { uids[u] = who.uid } }
+        let out = try store.applyFleet(b, uids: uids, host: host, at: engine.clock.now())
+        contact()
+        engine.fleetApplied(out)
+        return out
+    }
+
+    /// One long-poll and its batch. Returns false when the server could not be reached.
+    public func streamOnce() async -> Bool {
+        do {
+            let cursor = try store.fleetCursor().cursor
+            let b = try await plane.stream(cursor: cursor, wait: wait)
+            try apply(b)
+            return true
+        } catch let e as FleetError {
+            lost(e, "grant stream")
+            return false
+        } catch {
+            logger.error("grant stream: \(error)")
+            return false
+        }
+    }
+
+    // MARK: the outbox
+
+    /// Sends what is due; returns how many were answered.
+    @discardableResult
+    public func sendOutbox() async -> Int {
+        let now = engine.clock.now()
+        guard let due = try? store.dueFleetOutbox(now: now) else { return 0 }
+        var sent = 0
+        for row in due where !isStopped {
+            do {
+                let s = try await plane.file(row.body)
+                try store.markFleetSent(seq: row.seq, reply: s, at: engine.clock.now())
+                contact()
+                sent += 1
+                logger.info("request \(row.requestID) sent to the control plane: server request \(s.id), \(s.state)")
+                engine.fleetLearn(localID: row.requestID, status: s)
+            } catch let e as FleetError {
+                if Self.isTransient(e) {
+                    lost(e, "request outbox")
+                    try? store.markFleetRetry(seq: row.seq, next: engine.clock.now().addingTimeInterval(Self.backoff(row.attempts)), error: e.message)
+                    break  // the rest would fail the same way; keep their order
+                }
+                // The server refused it (bad request, not allowed): the request ends here with its reason.
+                contact()
+                try? store.markFleetRefused(seq: row.seq, error: e.message, at: engine.clock.now())
+                logger.warning("the control plane refused request \(row.requestID): \(e.message)")
+                engine.notifyWaiters(row.requestID)
+            } catch {
+                logger.error("request outbox: \(error)")
+            }
+        }
+        return sent
+    }
+
+    /// Asks about the open requests (bounded): denials and expiries are learnt here, never cached as denials
+    /// of anything else.
+    public func pollOpen() async {
+        guard let open = try? store.openFleetRequests(limit: Self.pollLimit) else { return }
+        for (local, server) in open where !isStopped {
+            do {
+                let s = try await plane.status(id: server)
+                contact()
+                engine.fleetLearn(localID: local, status: s)
+            } catch {
+                if Self.isTransient(error) { lost(error, "request status"); return }
+                logger.warning("request \(local) (server request \(server)): \(error.message)")
+            }
+        }
+    }
+
+    // MARK: the trail
+
+    /// Ships audit events after the acknowledged id, in batches; returns how many the server acknowledged.
+    @discardableResult
+    public func shipEvents() async -> Int {
+        var shipped = 0
+        while !isStopped {
+            guard let c = try? store.fleetCursor(), let events = try? store.fleetEvents(after: c.eventsAcked, limit: Self.eventBatch),
+                  !events.isEmpty else { break }
+            let batch = FleetWire.EventBatch(events: events.map(Self.hostEvent))
+            do {
+                let ack = try await plane.send(batch)
+                contact()
+                try store.markEventsAcked(ack.acked, at: engine.clock.now())
+                guard ack.acked > c.eventsAcked else { break }
+                shipped += Int(ack.acked - c.eventsAcked)
+                if events.count < Self.eventBatch { break }
+            } catch let e as FleetError {
+                if Self.isTransient(e) { lost(e, "event shipping") } else { logger.warning("the control plane refused audit events: \(e.message)") }
+                break
+            } catch {
+                logger.error("event shipping: \(error)")
+                break
+            }
+        }
+        return shipped
+    }
+
+    static func hostEvent(_ e: AuditEvent) -> FleetWire.HostEvent {
+        var data: [String: String] = [:]
+        for line in e.data.split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            let k = String(line[..<eq]), v = String(line[line.index(after: eq)...])
+            data[k] = v.removingPercentEncoding ?? v
+        }
+        if let r = e.requestID { data["request_id"] = String(r) }
+        if let g = e.grantID { data["grant_id"] = String(g) }
+        return FleetWire.HostEvent(seq: e.id, at: Timestamps.format(Timestamps.date(millis: e.at)), kind: e.kind, actor: e.actor, user: e.user, data: data)
+    }
+
+    // MARK: running
+
+    /// Runs the stream and the outbox side by side until `stop()`.
+    public func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.streamLoop() }
+            group.addTask { await self.workLoop() }
+        }
+    }
+
+    func streamLoop() async {
+        var failures = 0
+        while !isStopped {
+            if await streamOnce() {
+                failures = 0
+            } else {
+                failures += 1
+                // At most 5 s between tries: a host catches up (revocations first of all) soon after the link is back.
+                try? await Task.sleep(nanoseconds: UInt64(min(5, Self.backoff(failures - 1)) * 1e9))
+            }
+        }
+    }
+
+    func workLoop() async {
+        var nextPoll = Date.distantPast, nextRenew = Date.distantPast
+        while !isStopped {
+            await sendOutbox()
+            let now = Date()
+            if now >= nextPoll {
+                await pollOpen()
+                nextPoll = now.addingTimeInterval(pollEvery)
+            }
+            await shipEvents()
+            if now >= nextRenew {
+                do {
+                    if let end = try await plane.renewIfDue(now: now) { logger.notice("host certificate renewed: valid until \(Timestamps.format(end))") }
+                    nextRenew = now.addingTimeInterval(3600)
+                } catch {
+                    logger.warning("host certificate renewal failed (retrying in 5 minutes): \(error.message)")
+                    nextRenew = now.addingTimeInterval(300)
+                }
+            }
+            // A new filing wakes nothing here (the check path never waits for the network): a short sleep
+            // keeps a filed request's trip to the server under a second at a negligible idle cost.
+            try? await Task.sleep(nanoseconds: 250_000_000)
+        }
+    }
+}
+
+extension Agent {
+    /// Fleet mode from `server:`: the fleet file must exist, be the agent's own, and name this host's
+    /// environment (jit.yaml and the certificate must agree, or nothing is honoured).
+    static func fleetSync(config: Config, engine: Engine) throws(JITError) -> FleetSync? {
+        guard let s = config.server else {
+            engine.store.fleet.configure(nil, server: "")
+            return nil
+        }
+        let f: FleetFile
+        do { f = try FleetFile.load(path: s.fleet) } catch {
+            throw JITError(.invalid, "server.fleet: \(error.description)")
+        }
+        guard f.environment == config.environment else {
+            throw JITError(.invalid, "jit.yaml says 'environment: \(config.environment)' but this host is enrolled in \(f.environment) (\(s.fleet)); set environment: \(f.environment)")
+        }
+        let plane: LiveControlPlane
+        do { plane = try LiveControlPlane(fleet: f, path: s.fleet) } catch {
+            throw JITError(.invalid, "\(s.fleet): \(error.message)")
+        }
+        engine.store.fleet.configure(s, server: f.server)
+        let sync = FleetSync(engine: engine, plane: plane, host: Store.FleetHostFacts(name: f.name, environment: f.environment, labels: Set(f.labels)))
+        try sync.prime()
+        return sync
+    }
+}
