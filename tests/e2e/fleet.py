@@ -466,18 +466,27 @@ def fleet_supported(server_extra=""):
 PROD, STAGING = "production", "staging"
 
 
-def server_extra(d):
-    """What server.yaml adds for the decisions: the approvers' socket and the policy (f-decide's keys)."""
-    return f"""socket: {d}/server.sock
-policy:
+POLICY = """policy:
   requester_groups: [jit-requesters]
   approver_groups: [jit-approvers]
   approvals_required: 1
   max_duration: 4h
   default_duration: 1h
-  require_reason: false
+  require_reason: true
   scopes: [login, sudo, commands]
+limits:
+  requests_per_minute: 6000
+  pending_per_user: 1000
 """
+
+
+def server_extra(d):
+    """What server.yaml adds for the decisions (f-decide's keys): the approvers' socket in the test's own
+    folder, and the policy file (jit.yaml's policy keys), written here."""
+    if os.path.isdir(d):
+        with open(os.path.join(d, "policy.yaml"), "w") as f:
+            f.write(POLICY)
+    return f"socket: {d}/server.sock\npolicy: {d}/policy.yaml\n"
 
 
 class Fleet:

@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -528,6 +529,9 @@ def test_server_installs_beside_the_host_package_serves_and_purges(deb, server_d
         assert p.returncode == 0 and "OK" in p.stdout, p.stderr
 
         # --- The installed server, started by root as the unit's ExecStart would, runs as _jitserver.
+        # What the unit's RuntimeDirectory=jit-server makes: the approvers' socket folder, the server user's.
+        os.makedirs("/run/jit-server", mode=0o755, exist_ok=True)
+        shutil.chown("/run/jit-server", "_jitserver", "_jitserver")
         log = open(os.path.join(tmpdir_root, "server.log"), "ab")
         server = subprocess.Popen(["/usr/sbin/jitd-server", "run", "--config", test_config], stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -540,6 +544,8 @@ def test_server_installs_beside_the_host_package_serves_and_purges(deb, server_d
         assert wait_for(listening, 60) and server.poll() is None, open(os.path.join(tmpdir_root, "server.log")).read()
         uids = [l for l in open(f"/proc/{server.pid}/status") if l.startswith("Uid:")][0].split()[1:]
         assert set(uids) == {str(pwd.getpwnam("_jitserver").pw_uid)}, uids
+        assert wait_for(lambda: os.path.exists("/run/jit-server/server.sock"), 10), open(os.path.join(tmpdir_root, "server.log")).read()
+        assert os.stat("/run/jit-server/server.sock").st_uid == pwd.getpwnam("_jitserver").pw_uid
         p = run(["/usr/sbin/jitd-server", "token", "create", "--environment", "production", "--ttl", "5m", "--config", test_config], env=env)
         assert p.returncode == 0 and p.stdout.startswith("jit1."), p.stderr
         server.send_signal(signal.SIGTERM)
