@@ -176,8 +176,9 @@ def pcts(xs):
 
 def control(cp_socket, user, *args):
     from conftest import JIT
-    cmd = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", JIT, "--socket", cp_socket, *args, "--json"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+    cmd = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", JIT, *args, "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "JIT_SOCKET": cp_socket})
     if p.returncode != 0:
         raise SystemExit(f"bench-fleet: jit {' '.join(args)} failed: {p.stderr}")
     return json.loads(p.stdout)

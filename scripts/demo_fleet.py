@@ -105,7 +105,7 @@ def main():
 
         say(f"4. {ben} approves it on the control plane, through the server's own socket.")
         p = fleet.control(ben, "approve", str(rid))
-        show(f"jit --socket {fleet.server_socket()} approve {rid}", p)
+        show(f"JIT_SOCKET={fleet.server_socket()} jit approve {rid}", p)
         if p.returncode != 0:
             fail("the approval failed")
 
@@ -119,7 +119,7 @@ def main():
         say("6. Revocation on the control plane ends it on every host.")
         gid = [g for g in fleet.control_json(ben, "grants", "--active") if g.get("user") == ana][0]["id"]
         p = fleet.control(ben, "revoke", str(gid))
-        show(f"jit --socket {fleet.server_socket()} revoke {gid}", p)
+        show(f"JIT_SOCKET={fleet.server_socket()} jit revoke {gid}", p)
         t0 = time.monotonic()
         if not wait_for(lambda: fleet.active("db1", ana) == [] and fleet.active("db2", ana) == [], 10, step=0.02):
             fail("a host still holds the revoked grant")

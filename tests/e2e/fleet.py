@@ -526,9 +526,9 @@ class Fleet:
         return s
 
     def control(self, user, *args, replica=0):
-        """`jit --socket <server socket> ...` on the control plane, as `user` (None = root)."""
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-        cmd = [JIT, "--socket", self.server_socket(replica), *args]
+        """`JIT_SOCKET=<server socket> jit ...` on the control plane, as `user` (None = root)."""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "JIT_SOCKET": self.server_socket(replica)}
+        cmd = [JIT, *args]
         if user is not None:
             cmd = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", *cmd]
         return run(cmd, env=env, timeout=60)
