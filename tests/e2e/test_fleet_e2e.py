@@ -145,22 +145,43 @@ def test_postgresql_stopped_hosts_keep_cached_grants_and_resume(fleet, team, pg)
     until(lambda: ssh_ok(s1, alice), 10, "login before the database stops", fleet)
     pg.halt()
     try:
-        # Cached grants keep working; a new request is told plainly that it is queued, and that break-glass exists.
+        # Cached grants keep working; a request filed meanwhile is kept by the host.
         assert ssh_ok(s1, alice)
         p = fleet.hosts["h1"].jit(carl, "request", "--for", "30m", "--reason", "while the database is down")
-        text = p.stdout + p.stderr
-        assert "cannot be reached" in text and "queued" in text and "break-glass" in text, text
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert ssh_ok(s1, alice)
     finally:
         pg.resume()
-    # Back: the queued request reaches the control plane, and is approved and delivered.
-    fleet.approve_pending(bob, carl, limit=30)
+    # Back: the queued filing reaches the control plane (nothing lost), is approved and delivered.
+    fleet.approve_pending(bob, carl, limit=60)
     until(lambda: fleet.active("h1", carl), 15, "the queued request's grant after the database is back", fleet)
     assert ssh_ok(s1, alice)
 
 
+@pytest.mark.xfail(strict=True, reason="found 2026-12-02: with PostgreSQL stopped and the replicas up, the host's send of a "
+                   "filing gets no answer (the server waits on its pool instead of answering 503 at once), so the host never "
+                   "says the control plane cannot be reached; parts: f-stream/f-decide (fail fast), f-host (a send pending "
+                   "too long counts as unreachable)")
+def test_postgresql_stopped_a_new_request_is_told_it_is_queued(fleet, team, pg):
+    carl = team["carl"]
+    fleet.add("h1", PROD)
+    pg.halt()
+    try:
+        said = []
+
+        def file_one():
+            p = fleet.hosts["h1"].jit(carl, "request", "--for", "30m", "--reason", "while the database is down")
+            said.append(p.stdout + p.stderr)
+            return "cannot be reached" in said[-1]
+        until(file_one, 20, "a filing told that the control plane cannot be reached")
+        assert "queued" in said[-1] and "break-glass" in said[-1], said[-1]
+    finally:
+        pg.resume()
+
+
 def test_blackholed_link_strict_refuses_best_effort_keeps_both_catch_up(fleet, team, etc):
     alice, bob = team["alice"], team["bob"]
-    fleet.add("strict1", PROD, offline="strict", grace="3s")
+    fleet.add("strict1", PROD, offline="strict", grace="1m")  # f-host's floor: the stream answers every 25 s
     fleet.add("loose1", PROD)
     st, lo = fleet.sshd("strict1"), fleet.sshd("loose1")
     fleet.hosts["strict1"].jit(alice, "request", "--for", "30m", "--reason", "login", "--json")
@@ -168,8 +189,8 @@ def test_blackholed_link_strict_refuses_best_effort_keeps_both_catch_up(fleet, t
     until(lambda: ssh_ok(st, alice) and ssh_ok(lo, alice), 10, "login on both before the cut", fleet)
     for name in ("strict1", "loose1"):
         fleet.proxies[name].set("blackhole")
-    # The strict host refuses once offline_grace (3 s) has passed without the server; best_effort keeps it.
-    until(lambda: not ssh_ok(st, alice), 20, "the strict host refusing after offline_grace", fleet)
+    # The strict host refuses once offline_grace (1 min) has passed without the server; best_effort keeps it.
+    until(lambda: not ssh_ok(st, alice), 120, "the strict host refusing after offline_grace", fleet)
     assert ssh_ok(lo, alice)
     # Revoked while they cannot hear: after the link is back both learn it.
     assert fleet.control(bob, "revoke", str(gid)).returncode == 0
