@@ -213,8 +213,8 @@ def test_host_agent_sigkilled_while_applying_changes(fleet, team, users):
     for u in people:
         ids.append(fleet.approve_pending(bob, u)[1])
         if len(ids) == 2:
-            h.kill9()  # mid-stream: some changes applied, some not
-    h.start()
+            h.kill9()  # while it applies the change just approved; restarted, it resumes from its cursor
+            h.start()
     until(lambda: all(len(fleet.active("h1", u) or []) == 1 for u in people), 20, "every grant exactly once after the restart", fleet)
     files = [f for f in os.listdir(h.agent.sudoers) if f.startswith("jit-grant-")]
     assert len(files) == len(people), files
