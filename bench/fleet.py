@@ -307,7 +307,7 @@ def sql_grant(cp, user):
 
 def file_rate(cp, names, certdir, ca, user):
     """Requests filed per second through POST /v1/requests, from `names` hosts at once for FILE_SECONDS."""
-    statuses = {}
+    statuses, refusals = {}, {}
 
     async def one(name, i):
         ctx = ssl.create_default_context(cafile=ca)
@@ -321,8 +321,10 @@ def file_rate(cp, names, certdir, ca, user):
                                "filed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
             writer.write(b"POST /v1/requests HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            status, _ = await read_response(reader)
+            status, answer = await read_response(reader)
             statuses[status] = statuses.get(status, 0) + 1
+            if status not in (200, 201) and str(status) not in refusals:
+                refusals[str(status)] = answer.decode(errors="replace")[:300]
         writer.close()
 
     async def all_of():
@@ -331,7 +333,8 @@ def file_rate(cp, names, certdir, ca, user):
     asyncio.run(all_of())
     took = time.time() - t0
     ok = sum(v for k, v in statuses.items() if k in (200, 201))
-    return {"filed_per_s": round(ok / took, 1), "concurrent_hosts": len(names), "statuses": {str(k): v for k, v in statuses.items()}}
+    return {"filed_per_s": round(ok / took, 1), "concurrent_hosts": len(names), "statuses": {str(k): v for k, v in statuses.items()},
+            "refusals": refusals}
 
 
 def check_latency(run, tmp, cp, users, fleet_agent, req, appr):
@@ -370,6 +373,8 @@ def report(r):
         print(f"  {label:38} n={v['n']:>6}  p50 {v.get('p50_ms', '-')} ms  p99 {v.get('p99_ms', '-')} ms  max {v.get('max_ms', '-')} ms")
     f = r["requests_per_s"]
     print(f"  requests filed through the API          {f['filed_per_s']}/s ({f['concurrent_hosts']} hosts at once; statuses {f['statuses']})")
+    for code, text in f.get("refusals", {}).items():
+        print(f"    first {code}: {text}")
     print(f"  replicas' RSS while {r['hosts']} hosts stream   {r['replica_rss_mb_streaming']} MB; after the fan-out {r['replica_rss_mb_after']} MB")
     print(f"  replicas' CPU for approve+revoke fan-out {r['replica_cpu_s_fanout']} s")
     c = r["check"]
