@@ -1,14 +1,15 @@
 # jit-access — the two commands a newcomer needs:
 #   make demo    the main job end to end (as root, on a scratch Debian 12 machine)
 #   make check   every test: Swift unit tests, the PAM module's C tests, end-to-end tests (as root)
-#   make deb     dist/jit-access_VERSION_amd64.deb (static release binary, stripped module; see packaging/README.md)
+#   make deb     dist/jit-access_VERSION_amd64.deb and dist/jit-access-server_VERSION_amd64.deb (see packaging/README.md)
+#   make demo-fleet / make bench-fleet   the fleet story (PostgreSQL, a server, two hosts) / its benchmark
 
 SWIFT     ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 BUILD     := .build/debug
 PYTEST    ?= python3 -m pytest
 
-.PHONY: all deps build pam check unit pamcheck e2e demo deb bench clean
+.PHONY: all deps build pam check unit pamcheck e2e demo demo-fleet deb bench bench-fleet clean
 
 all: build
 
@@ -34,7 +35,8 @@ unit: build
 e2e: build
 	JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so $(PYTEST) -q -p no:cacheprovider tests/e2e
 
-## The Debian package, from a clean checkout: dist/jit-access_VERSION_amd64.deb (scripts/build-deb.sh).
+## The Debian packages, from a clean checkout: dist/jit-access_VERSION_amd64.deb (the host) and
+## dist/jit-access-server_VERSION_amd64.deb (the control plane) (scripts/build-deb.sh).
 deb: deps
 	@sh scripts/build-deb.sh
 
@@ -42,12 +44,23 @@ deb: deps
 demo: build
 	@JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 scripts/demo.py
 
+## The fleet story: a throw-away PostgreSQL, a control plane, two hosts, request -> approve -> login on both -> revoke.
+demo-fleet: build
+	@JIT_BIN=$(CURDIR)/$(BUILD) JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 scripts/demo_fleet.py
+
 ## Benchmarks (release build; prints a table, writes bench/results.json). Not a test.
 bench: deps
 	$(SWIFT) build -c release
 	$(MAKE) -C pam release
 	$(MAKE) -C bench
 	JIT_BIN=$(CURDIR)/.build/release JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 bench/run.py
+
+## The fleet benchmark (release build): 10,000 simulated hosts streaming from two replicas. Not a test.
+bench-fleet: deps
+	$(SWIFT) build -c release
+	$(MAKE) -C pam release
+	$(MAKE) -C bench
+	JIT_BIN=$(CURDIR)/.build/release JIT_PAM=$(CURDIR)/pam/pam_jit.so python3 bench/fleet.py
 
 clean:
 	rm -rf .build .build-release .build-deb dist

@@ -23,8 +23,9 @@ public struct Jitd: ParsableCommand {
     /// sigwait (one would otherwise take SIGHUP and die of it). The fleet's commands (`server`, `enrol`) are
     /// async: they run as a task while the main thread waits for it.
     public static func runMain() -> Never {
+        ServerName.dropPrivilegesIfRoot()
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(ServerName.arguments())
             guard let async = command as? any AsyncParsableCommand else {
                 try command.run()
                 exit()

@@ -97,6 +97,10 @@ struct ServerCheckConfig: AsyncParsableCommand {
 
     func run() async throws {
         let c = try options.load()
+        guard FileManager.default.fileExists(atPath: c.caKey) else {
+            FileHandleErr.write("jitd server: \(options.config): no fleet CA yet (ca.key \(c.caKey) does not exist): make it and the TLS certificate with 'jitd server init --config \(options.config)' (packaged: 'jitd-server init')\n")
+            throw ExitCode(1)
+        }
         do {
             let ca = try FleetCA.load(certificatePath: c.caCertificate, keyPath: c.caKey)
             try SecureFiles.checkPrivate(c.tlsKey, what: "tls.key")
@@ -248,7 +252,7 @@ struct ServerCommand: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: .hidden) var rest: [String] = []
 
     func run() throws {
-        FileHandleErr.write("jitd server: this jitd is the host package's and has no control plane; run 'jitd server' from a build that has it ('make build' in the source tree)\n")
+        FileHandleErr.write("jitd server: this jitd is the host package's and has no control plane; install the jit-access-server package and run 'jitd-server' (or 'jitd server' from a source build: 'make build')\n")
         throw ExitCode(1)
     }
 }

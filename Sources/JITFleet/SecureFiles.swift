@@ -62,14 +62,15 @@ public enum SecureFiles {
     }
 
     /// Refuses a file that others may write (a config whose writer could point us at another CA or key).
+    /// Root may own it too: the packaged server runs as `_jitserver` on root's `/etc/jit/server.yaml`.
     public static func checkNotWritableByOthers(_ path: String, what: String) throws(FleetError) {
-        try checkMode(path, what: what, forbidden: 0o022, verb: "written", fix: "chmod go-w")
+        try checkMode(path, what: what, forbidden: 0o022, verb: "written", fix: "chmod go-w", rootMayOwn: true)
     }
 
-    static func checkMode(_ path: String, what: String, forbidden: mode_t, verb: String, fix: String) throws(FleetError) {
+    static func checkMode(_ path: String, what: String, forbidden: mode_t, verb: String, fix: String, rootMayOwn: Bool = false) throws(FleetError) {
         var st = stat()
         guard stat(path, &st) == 0 else { throw FleetError("io", "cannot read \(what) \(path): \(String(cString: strerror(errno)))") }
-        guard st.st_uid == geteuid() else {
+        guard st.st_uid == geteuid() || (rootMayOwn && st.st_uid == 0) else {
             throw FleetError("insecure", "\(what) \(path) is owned by uid \(st.st_uid), not by the user jitd runs as: chown root \(path)")
         }
         guard st.st_mode & forbidden == 0 else {

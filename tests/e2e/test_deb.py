@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -397,3 +398,177 @@ def test_install_serve_reinstall_remove_purge(deb, users, tmpdir_root, monkeypat
         for path in glob.glob("/etc/sudoers.d/jit-grant-*"):
             if os.path.basename(path) not in sudoers_before:
                 os.unlink(path)
+
+
+# --- The control plane's package (issue 14): jit-access-server.
+SERVER_PKG = "jit-access-server"
+SERVER_UNIT = "/lib/systemd/system/jit-access-server.service"
+SERVER_CONFIG = "/etc/jit/server.yaml"
+SERVER_OURS = [
+    "/usr/sbin/jitd-server", SERVER_UNIT, SERVER_CONFIG, "/etc/jit/server", "/run/jit-server",
+    "/usr/share/man/man8/jitd-server.8.gz", "/usr/share/doc/jit-access-server",
+    "/usr/share/lintian/overrides/jit-access-server",
+    "/var/lib/systemd/deb-systemd-helper-masked/jit-access-server.service",
+]
+
+
+def the_server_deb():
+    debs = sorted(glob.glob(os.path.join(REPO, "dist", f"{SERVER_PKG}_*_amd64.deb")))
+    return debs[-1] if debs else None
+
+
+@pytest.fixture(scope="module")
+def server_deb():
+    path = the_server_deb()
+    if path is None:
+        pytest.skip("no dist/jit-access-server_*_amd64.deb: run 'make deb' first ('make check' does)")
+    return path
+
+
+def package_files(deb):
+    """The paths a .deb installs (folders left out: packages may share those)."""
+    out = set()
+    for line in run(["dpkg-deb", "-c", deb], check=True).stdout.splitlines():
+        perms, path = line.split()[0], line.split()[5]
+        if not perms.startswith("d"):
+            out.add(path.removeprefix("."))
+    return out
+
+
+def status_of(pkg):
+    p = run(["dpkg-query", "-W", "-f=${Status}", pkg])
+    return p.stdout if p.returncode == 0 else ""
+
+
+def test_server_package_contents(deb, server_deb):
+    size = os.path.getsize(server_deb)
+    info = run(["dpkg-deb", "-f", server_deb, "Package", "Version", "Depends", "Recommends"], check=True).stdout
+    fields = dict(line.split(": ", 1) for line in info.strip().splitlines())
+    assert fields["Package"] == SERVER_PKG and "postgresql" in fields["Recommends"]
+    depends = {d.strip().split(" ")[0] for d in fields["Depends"].replace("|", ",").split(",")}
+    assert "adduser" in depends and depends <= {"libc6", "libgcc-s1", "libstdc++6", "libsqlite3-0", "zlib1g", "adduser"}, depends
+    files = package_files(server_deb)
+    for path in ["/usr/sbin/jitd-server", SERVER_UNIT, SERVER_CONFIG, "/usr/share/man/man8/jitd-server.8.gz",
+                 "/usr/share/doc/jit-access-server/copyright", "/usr/share/lintian/overrides/jit-access-server"]:
+        assert path in files, f"{path} is not in {server_deb}"
+    assert run(["dpkg-deb", "-I", server_deb, "conffiles"], check=True).stdout.split() == [SERVER_CONFIG]
+    # The two packages share no file, so both install on one machine.
+    both = files & package_files(deb)
+    assert not both, f"files in both packages: {sorted(both)}"
+    assert os.path.getsize(deb) < 25 * 1024 * 1024
+    print(f"sizes: {os.path.basename(deb)} {os.path.getsize(deb) / 1048576:.1f} MB, {os.path.basename(server_deb)} {size / 1048576:.1f} MB")
+    unit = open(os.path.join(REPO, "packaging", "server", "jit-access-server.service")).read()
+    for line in ["User=_jitserver", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                 "CapabilityBoundingSet=\n", "RuntimeDirectory=jit-server"]:
+        assert line in unit, f"the unit lacks {line!r}"
+
+
+def test_server_lintian_reports_no_errors(server_deb):
+    if run(["sh", "-c", "command -v lintian"]).returncode != 0:
+        pytest.fail("lintian is not installed: run 'make deps'")
+    p = run(["lintian", "--fail-on", "error", "--no-tag-display-limit", server_deb], timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not [l for l in p.stdout.splitlines() if l.startswith(("E:", "W:"))], p.stdout
+
+
+def test_server_installs_beside_the_host_package_serves_and_purges(deb, server_deb, tmpdir_root):
+    """Both packages on one machine; the shipped server.yaml says what to fill in; the installed server runs
+    as _jitserver against a throw-away PostgreSQL and serves; purge removes what the package brought."""
+    from fleet import Postgres
+    for pkg in (PKG, SERVER_PKG):
+        if status_of(pkg) and "not-installed" not in status_of(pkg):
+            pytest.skip(f"{pkg} is already installed here (or its config files are): the test would not leave the machine as it found it")
+    user_before = run(["getent", "passwd", "_jitserver"]).returncode == 0
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    tag = uuid.uuid4().hex[:6]
+    test_config = f"/etc/jit/server-jitdebtest-{tag}.yaml"
+    pg = Postgres()
+    server = None
+    try:
+        # --- Install both: no conflict.
+        p = dpkg("-i", deb, server_deb)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "installed" in status_of(SERVER_PKG) and "installed" in status_of(PKG)
+        assert run(["getent", "passwd", "_jitserver"]).returncode == 0
+        st = os.stat("/etc/jit/server")
+        import pwd
+        assert st.st_uid == pwd.getpwnam("_jitserver").pw_uid and oct(st.st_mode & 0o777) == "0o700"
+        assert run(["dpkg-query", "-W", "-f=${Conffiles}", SERVER_PKG]).stdout.split()[0] == SERVER_CONFIG
+        assert run(["/usr/sbin/jitd-server", "--version"], env=env).stdout.strip() == run(["dpkg-query", "-W", "-f=${Version}", SERVER_PKG]).stdout
+        # The host's jitd has no control plane and says where it is.
+        p = run(["/usr/sbin/jitd", "server", "token", "list"], env=env)
+        assert p.returncode != 0 and "jit-access-server" in p.stderr, p.stderr
+        if run(["sh", "-c", "command -v systemd-analyze"]).returncode == 0:
+            p = run(["systemd-analyze", "verify", SERVER_UNIT])
+            assert p.returncode == 0, p.stdout + p.stderr
+
+        # --- The shipped example: check-config names what to fill in, then what to run.
+        p = run(["/usr/sbin/jitd-server", "check-config"], env=env)
+        assert p.returncode == 1 and "public_url" in p.stderr and SERVER_CONFIG in p.stderr, p.stdout + p.stderr
+
+        # --- A config of the test's own (a throw-away cluster on TCP, trust), next to the shipped one.
+        pg.start()
+        db = pg.createdb("jitdeb_" + tag)
+        port = hosts.free_port()
+        shipped = open(SERVER_CONFIG).read()
+        text = shipped.replace("# public_url: https://jit.example.org:8443", f"public_url: https://127.0.0.1:{port}")
+        text = text.replace("  address: 0.0.0.0\n  port: 8443", f"  address: 127.0.0.1\n  port: {port}")
+        text = text.replace("  socket_dir: /run/postgresql\n  user: _jitserver\n  name: jit",
+                            f"  host: 127.0.0.1\n  port: {pg.port}\n  user: postgres\n  name: {db}")
+        assert text != shipped
+        with open(test_config, "w") as f:
+            f.write(text)
+        os.chmod(test_config, 0o644)
+        p = run(["/usr/sbin/jitd-server", "check-config", "--config", test_config], env=env)
+        assert p.returncode == 1 and "jitd-server init" in p.stderr, p.stdout + p.stderr
+        p = run(["/usr/sbin/jitd-server", "init", "--config", test_config], env=env)
+        assert p.returncode == 0, p.stderr
+        key = os.stat("/etc/jit/server/ca.key")
+        assert key.st_uid == pwd.getpwnam("_jitserver").pw_uid and oct(key.st_mode & 0o777) == "0o600"
+        p = run(["/usr/sbin/jitd-server", "check-config", "--config", test_config], env=env)
+        assert p.returncode == 0 and "OK" in p.stdout, p.stderr
+
+        # --- The installed server, started by root as the unit's ExecStart would, runs as _jitserver.
+        # What the unit's RuntimeDirectory=jit-server makes: the approvers' socket folder, the server user's.
+        os.makedirs("/run/jit-server", mode=0o755, exist_ok=True)
+        shutil.chown("/run/jit-server", "_jitserver", "_jitserver")
+        log = open(os.path.join(tmpdir_root, "server.log"), "ab")
+        server = subprocess.Popen(["/usr/sbin/jitd-server", "run", "--config", test_config], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return server.poll() is not None
+        assert wait_for(listening, 60) and server.poll() is None, open(os.path.join(tmpdir_root, "server.log")).read()
+        uids = [l for l in open(f"/proc/{server.pid}/status") if l.startswith("Uid:")][0].split()[1:]
+        assert set(uids) == {str(pwd.getpwnam("_jitserver").pw_uid)}, uids
+        assert wait_for(lambda: os.path.exists("/run/jit-server/server.sock"), 10), open(os.path.join(tmpdir_root, "server.log")).read()
+        assert os.stat("/run/jit-server/server.sock").st_uid == pwd.getpwnam("_jitserver").pw_uid
+        p = run(["/usr/sbin/jitd-server", "token", "create", "--environment", "production", "--ttl", "5m", "--config", test_config], env=env)
+        assert p.returncode == 0 and p.stdout.startswith("jit1."), p.stderr
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)
+        server = None
+        os.unlink(test_config)
+
+        # --- Purge both: nothing of either is left.
+        p = dpkg("-P", SERVER_PKG, PKG)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert not status_of(SERVER_PKG) or "not-installed" in status_of(SERVER_PKG)
+        left = [path for path in SERVER_OURS + OURS if os.path.lexists(path)]
+        assert left == [], f"left behind after purge: {left}"
+    finally:
+        if server and server.poll() is None:
+            server.kill()
+            server.wait()
+        if os.path.exists(test_config):
+            os.unlink(test_config)
+        for pkg in (SERVER_PKG, PKG):
+            if status_of(pkg) and "not-installed" not in status_of(pkg):
+                dpkg("-P", pkg, env={"JIT_ACCESS_FORCE_REMOVE": "1"})
+        pg.stop()
+        if not user_before and run(["getent", "passwd", "_jitserver"]).returncode == 0:
+            run(["deluser", "--system", "--quiet", "_jitserver"])
+            run(["sh", "-c", "getent group _jitserver >/dev/null && delgroup --system --quiet _jitserver || true"])
