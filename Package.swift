@@ -115,6 +115,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
+            // The OpenAPI spec, served at GET /v1/openapi.yaml and checked against the router by a test.
+            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strict
         ),
         // The command tree of `jitd` (run, check-config, revoke-all, server, enrol).
@@ -149,6 +151,8 @@ let package = Package(
                 "JITCore",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict
         ),

@@ -110,6 +110,8 @@ public struct FleetDatabase: Sendable {
             """,
             "CREATE INDEX fleet_audit_at ON fleet_audit (at)",
         ]),
+        // 5 — the web page's one-time links and sessions (issue #15; versions are taken by part, see docs/FLEET.md).
+        (5, PostgresWebSessions.schema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.

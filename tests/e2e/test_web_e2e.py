@@ -1,0 +1,122 @@
+"""The web approval page in a real headless Chromium (Debian's chromium + chromium-driver, through selenium),
+against a live `jitd server` on a throw-away PostgreSQL.
+
+Sign-in: the server's admin command `jitd server web link USER` (the same one-time link `jit web` asks for
+with a `jit login` token): the link asks before it signs in, works once, and sets a locked-down cookie.
+Screenshots go to $JIT_WEB_SHOTS (default: the test's temp folder) for a person to look at.
+
+Deciding on a request in the browser needs the server's decision engine wired into `jitd server`; the
+routes and pages of deciding are covered by the Swift tests (WebPageTests) against a stand-in engine.
+"""
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import needs_root, run
+from fleet import ControlPlane, pg  # noqa: F401 (pg is a fixture)
+
+requests = pytest.importorskip("requests")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def fleet(pg, tmpdir_root):
+    cp = ControlPlane(pg, tmpdir_root)
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+def browser(tmpdir_root):
+    driver_path = shutil.which("chromedriver")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not driver_path or not chrome:
+        pytest.skip("chromium and chromium-driver are not installed (scripts/deps.sh installs them)")
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900",
+              f"--user-data-dir={os.path.join(tmpdir_root, 'chrome-profile')}", "--no-first-run", "--disable-extensions"]:
+        opts.add_argument(a)
+    # The fleet CA is a throw-away one; the test checks the page, not the certificate chain.
+    opts.accept_insecure_certs = True
+    d = webdriver.Chrome(service=Service(driver_path), options=opts)
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def shots(tmpdir_root):
+    d = os.environ.get("JIT_WEB_SHOTS") or os.path.join(tmpdir_root, "shots")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def link(fleet, user):
+    p = fleet.admin("web", "link", user)
+    assert p.returncode == 0, p.stderr
+    url = p.stdout.strip()
+    assert url.startswith(fleet.url + "/web/login?code="), url
+    assert "works once" in p.stderr or "once" in p.stderr
+    return url
+
+
+def sign_in(browser, url):
+    browser.get(url)
+    browser.find_element(By.ID, "signin").click()
+
+
+def test_a_one_time_link_signs_in_once_with_a_locked_down_cookie(fleet, browser, users, tmpdir_root):
+    alice = users.user("web")
+    url = link(fleet, alice)
+    browser.get(url)
+    browser.save_screenshot(os.path.join(shots(tmpdir_root), "signin.png"))
+    button = browser.find_element(By.ID, "signin")
+    assert alice in button.text
+    button.click()
+    assert browser.current_url.endswith("/web/")
+    assert f"signed in as {alice}" in browser.find_element(By.TAG_NAME, "header").text
+    browser.save_screenshot(os.path.join(shots(tmpdir_root), "pending.png"))
+    cookie = browser.get_cookie("__Host-jit_session")
+    assert cookie and cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert 8 * 3600 - 120 < cookie["expiry"] - time.time() <= 8 * 3600
+    # The database keeps only a hash of it.
+    rows = fleet.pg.sql("SELECT session_hash, user_name FROM web_sessions", db=fleet.database)
+    assert len(rows) == 1 and rows[0][1] == alice and rows[0][0] != cookie["value"]
+    # The same link again, in a fresh browser state: refused.
+    browser.delete_all_cookies()
+    browser.get(url)
+    assert "Link not valid" in browser.find_element(By.TAG_NAME, "h1").text
+    assert browser.find_elements(By.ID, "signin") == []
+    browser.get(fleet.url + "/web/")
+    assert "Not signed in" in browser.find_element(By.TAG_NAME, "h1").text
+    # The admin command refuses a user the server does not know.
+    p = fleet.admin("web", "link", "nosuchuser" + users.tag)
+    assert p.returncode != 0 and "not known to this server" in p.stderr
+
+
+def test_every_page_carries_a_strict_policy_and_a_form_without_its_csrf_token_does_nothing(fleet, browser, users):
+    alice = users.user("webc")
+    sign_in(browser, link(fleet, alice))
+    session = browser.get_cookie("__Host-jit_session")["value"]
+    r = requests.get(fleet.url + "/web/", cookies={"__Host-jit_session": session}, verify=fleet.ca, timeout=10)
+    csp = r.headers["content-security-policy"]
+    for part in ["default-src 'none'", "style-src 'self'", "form-action 'self'", "frame-ancestors 'none'"]:
+        assert part in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    # Sign out without the form's token (as another site's form would): refused, still signed in.
+    r = requests.post(fleet.url + "/web/logout", cookies={"__Host-jit_session": session}, data={}, verify=fleet.ca, timeout=10)
+    assert r.status_code == 403 and "CSRF" in r.text
+    browser.get(fleet.url + "/web/")
+    assert f"signed in as {alice}" in browser.find_element(By.TAG_NAME, "header").text
+    # With it (the page's own button): signed out, and the session is over server-side too.
+    browser.find_element(By.CSS_SELECTOR, "form[action='/web/logout'] button").click()
+    assert "Signed out" in browser.find_element(By.TAG_NAME, "h1").text
+    r = requests.get(fleet.url + "/web/", cookies={"__Host-jit_session": session}, verify=fleet.ca, timeout=10)
+    assert r.status_code == 401
