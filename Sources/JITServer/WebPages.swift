@@ -117,6 +117,8 @@ enum WebPages {
         let warnings = all(r, "warning").map { "<li>\(esc($0))</li>" }.joined()
         var body = """
             <h1>Request #\(id) <span class="state \(esc(state))">\(esc(state))</span></h1>
+            <p class="lead"><b>\(esc(v(r, "user") ?? "?"))</b> asks for <b>\(esc(what(r)))</b> on <b>\(esc(v(r, "environment") ?? "?"))</b>\
+            \(v(r, "duration").flatMap { Int64($0) }.map { " for " + esc(Durations.format($0)) } ?? "")</p>
             <section class="why"><h2>Reason</h2><p class="reason">\(esc(v(r, "reason") ?? ""))</p></section>
             """
         if !warnings.isEmpty { body += "<ul class=\"warnings\">\(warnings)</ul>" }

@@ -111,7 +111,7 @@ def test_every_page_carries_a_strict_policy_and_a_form_without_its_csrf_token_do
         assert part in csp
     assert r.headers["x-content-type-options"] == "nosniff"
     # Sign out without the form's token (as another site's form would): refused, still signed in.
-    r = requests.post(fleet.url + "/web/logout", cookies={"__Host-jit_session": session}, data={}, verify=fleet.ca, timeout=10)
+    r = requests.post(fleet.url + "/web/logout", cookies={"__Host-jit_session": session}, data={"comment": "hi"}, verify=fleet.ca, timeout=10)
     assert r.status_code == 403 and "CSRF" in r.text
     browser.get(fleet.url + "/web/")
     assert f"signed in as {alice}" in browser.find_element(By.TAG_NAME, "header").text
