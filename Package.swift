@@ -159,7 +159,11 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            dependencies: ["JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based")],
+            dependencies: [
+                "JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based"),
+                // The web page over the real engine (WebEngineTests).
+                "JITServer", "JITFleet", .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: strict
         ),
     ]
