@@ -76,6 +76,8 @@ let package = Package(
                 "JITCore",
                 // `audit verify --verify-key` reads the trail itself: the key never goes to jitd.
                 "JITAgent",
+                // `jit login` and `--server`: the control plane over HTTPS (the client half only).
+                "JITFleet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

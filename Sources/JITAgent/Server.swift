@@ -258,9 +258,7 @@ public final class Server: Sendable {
             guard case .pending(let r) = state else { return nil }
             let left = deadline.timeIntervalSinceNow
             if left <= 0 {
-                return Message("ok", [("decision", "pending"), ("request", String(id)), ("state", "pending"),
-                                      ("expires_at", Timestamps.format(r.expiresAt)),
-                                      ("message", "request \(id) is still waiting for approval; an approver runs: jit approve \(id)")])
+                return Engine.stillPending(r)
             }
             var fds = [pollfd(fd: conn.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: waker.fd, events: Int16(POLLIN), revents: 0)]
             let rc = poll(&fds, 2, Int32(min(left, 3600) * 1000) + 1)

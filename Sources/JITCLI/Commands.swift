@@ -13,6 +13,8 @@ public struct JIT: ParsableCommand {
         discussion: """
             jit talks to the local agent jitd over its Unix socket: --socket, then $JIT_SOCKET, then \(Config.defaultSocket).
             Who you are comes from the kernel, not from anything you type.
+            Against a control plane (--server, then $JIT_SERVER, then the server of 'jit login'), who you are is your login
+            (an SSH key you proved) or $JIT_TOKEN; the commands, output and exit codes are the same.
 
             EXIT CODES
               0  success (for 'request --wait': access granted)
@@ -27,7 +29,7 @@ public struct JIT: ParsableCommand {
         version: JITVersion.cliString,
         subcommands: [
             Request.self, Run.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
-            PolicyCommand.self, MFA.self, Audit.self, Replay.self,
+            PolicyCommand.self, MFA.self, Audit.self, Replay.self, Login.self, Logout.self, Web.self,
         ]
     )
     public init() {}
@@ -64,11 +66,39 @@ func printErr(_ s: String) {
 
 struct Connection: ParsableArguments {
     @Option(help: "The jitd socket (default: $JIT_SOCKET, then \(Config.defaultSocket)).") var socket: String?
+    @Option(help: "The control plane's URL (default: $JIT_SERVER, then the server of 'jit login'); the bearer token is $JIT_TOKEN or the login's.")
+    var server: String?
+    @Option(help: "With --server: the CA that issued the server's certificate (default: $JIT_CA, the login's, or the system's).") var ca: String?
 
     var path: String {
         if let s = socket { return s }
         if let e = ProcessInfo.processInfo.environment["JIT_SOCKET"], !e.isEmpty { return e }
         return Config.defaultSocket
+    }
+
+    /// The control plane this command goes to, if any (see `Remote.resolve`).
+    func remote() throws(CLIError) -> Remote? {
+        let explicitSocket = socket ?? ProcessInfo.processInfo.environment["JIT_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
+        return try Remote.resolve(server: server, ca: ca, socket: explicitSocket)
+    }
+
+    /// `wait` for a request's decision: on the socket, one call that parks (and cancels the request when the
+    /// client goes away); over the server, calls of at most 25 s until the decision or `timeout`.
+    func wait(request id: Int64, timeout: Int64) throws(CLIError) -> Message {
+        let t = min(timeout, 3600)
+        if let r = try remote() {
+            let deadline = Date().addingTimeInterval(Double(t))
+            while true {
+                let left = Int64(max(deadline.timeIntervalSinceNow.rounded(.up), 0))
+                let w = try r.call(Message("wait", [("request", String(id)), ("timeout", String(min(left, 25)))]), timeout: 40)
+                if w["decision"] != "pending" || left <= 0 { return w }
+            }
+        }
+        let c = try Client(path: path)
+        defer { c.close() }
+        let w = try c.call(Message("wait", [("request", String(id)), ("timeout", String(t)), ("cancel_on_close", "1")]), timeout: Double(t) + 10)
+        guard w.isOK else { throw CLIError.from(w) }
+        return w
     }
 
     /// A listing, page by page (`next=` / `before=`), all records in order.
@@ -87,6 +117,7 @@ struct Connection: ParsableArguments {
 
     /// One request, one reply; an error reply becomes a CLIError.
     func call(_ m: Message, timeout: Double = 10) throws(CLIError) -> Message {
+        if let r = try remote() { return try r.call(m, timeout: max(timeout, 30)) }
         let c = try Client(path: path)
         defer { c.close() }
         let r = try c.call(m, timeout: timeout)
@@ -167,11 +198,7 @@ struct Request: ParsableCommand {
             print("Waiting for approval (an approver runs: jit approve \(r.id)); Ctrl-C stops waiting and cancels it.")
         }
         let t = (try? Durations.parse(timeout)) ?? 3600
-        let c = try Client(path: connection.path)
-        defer { c.close() }
-        let w = try c.call(Message("wait", [("request", String(r.id)), ("timeout", String(min(t, 3600))), ("cancel_on_close", "1")]),
-                           timeout: Double(min(t, 3600)) + 10)
-        guard w.isOK else { throw CLIError.from(w) }
+        let w = try connection.wait(request: r.id, timeout: t)
         let decision = w["decision"] ?? "deny"
         if json {
             let shown = try connection.call(Message("show", [("id", String(r.id))]))

@@ -12,7 +12,7 @@ struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server",
         abstract: "The fleet's control plane: HTTPS API for enrolled hosts, on PostgreSQL (see jitd-server(8)).",
-        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self, ServerWeb.self],
+        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self, ServerKey.self, ServerWeb.self],
         defaultSubcommand: ServerRun.self)
 }
 
@@ -61,6 +61,7 @@ func printJSON(_ value: some Encodable) {
 struct ServerRun: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the control plane (the default).")
     @OptionGroup var options: ServerOptions
+    @Option(name: .customLong("engine-config"), help: .hidden) var engineConfig: String?
 
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -68,11 +69,7 @@ struct ServerRun: AsyncParsableCommand {
         logger.logLevel = .info
         let config = try options.load()
         do {
-            // The web page's people are the server's NSS users. Bearer tokens (jit login) and the decision engine
-            // are wired here when they are part of this build.
-            let app = try FleetServer.buildApplication(config: config, logger: logger, web: { db in
-                .unwired(sessions: PostgresWebSessions(db: db), identity: { SystemDirectory().user(name: $0) })
-            })
+            let app = try FleetServer.buildApplication(config: config, logger: logger, people: try ServerPeople.services(engineConfig: engineConfig))
             try await app.runService()
         } catch {
             throw fleetFailure(error)
@@ -116,7 +113,7 @@ struct ServerCheckConfig: AsyncParsableCommand {
 struct ServerToken: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token", abstract: "One-time join tokens for enrolling hosts.",
-        subcommands: [TokenCreate.self, TokenList.self, TokenRevoke.self])
+        subcommands: [TokenCreate.self, TokenList.self, TokenRevoke.self, APITokenCreate.self, APITokenList.self, APITokenRevoke.self])
 }
 
 struct TokenCreate: AsyncParsableCommand {
@@ -216,9 +213,10 @@ struct WebLinkCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
-        guard SystemDirectory().user(name: user) != nil else {
+        guard let id = serverDirectory.user(name: user) else {
             throw fleetFailure(FleetError("not_found", "the user '\(user)' is not known to this server (getent passwd \(user)); the web page signs in only users the server knows"))
         }
+        guard !id.isRoot else { throw fleetFailure(FleetError("usage", "root does not act over the network; use the server's own socket")) }
         let user = self.user
         let link = try await withServerDatabase(config) { db, _ in
             let l = try await WebRoutes.makeLink(user: user, sessions: PostgresWebSessions(db: db), now: Date(), publicURL: config.publicURL)

@@ -22,11 +22,14 @@ public struct FleetContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     let channel: any Channel
     public internal(set) var host: CallerHost?
+    /// The person a bearer token proved (#15, `PersonAuthMiddleware`); never set by a host's certificate.
+    public internal(set) var person: CallerPerson?
 
     public init(source: Source) {
         self.coreContext = .init(source: source)
         self.channel = source.channel
         self.host = nil
+        self.person = nil
     }
 
     /// The address of the peer, for the audit trail.

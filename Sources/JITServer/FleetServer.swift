@@ -15,15 +15,14 @@ import X509
 public enum FleetServer {
     /// Loads the CA and the server's TLS identity, and builds the HTTPS application. The PostgreSQL client
     /// runs beside it in the same service group; migrations and the CA check run before the port opens.
-    /// `web` wires the web page to the people (bearer tokens) and the decision engine; without it the page
-    /// signs nobody in.
-    public static func buildApplication(config: ServerConfig, logger: Logger,
-                                        web: (@Sendable (FleetDatabase) -> WebServices)? = nil) throws(FleetError) -> some ApplicationProtocol {
+    /// `people` wires the decision engine behind `/v1/call` and the web page, and the server's NSS (#15).
+    public static func buildApplication(config: ServerConfig, logger: Logger, people: PeopleServices = .none) throws(FleetError) -> some ApplicationProtocol {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
         let db = try FleetDatabase(config: config, logger: logger)
         let router = Router(context: FleetContext.self)
-        FleetAPI(ca: ca, db: db, config: config, web: web?(db) ?? WebServices.unwired(sessions: PostgresWebSessions(db: db))).addRoutes(to: router)
+        FleetAPI(ca: ca, db: db, config: config, web: WebServices.wired(people: people, db: db)).addRoutes(to: router)
+        PeopleAPI(db: db, config: config, services: people).addRoutes(to: router)
         let server: HTTPServerBuilder
         do { server = try .tls(.http1(), tlsConfiguration: tls) } catch {
             throw FleetError("tls", "cannot set up TLS with \(config.tlsCertificate) and \(config.tlsKey): \(error)")

@@ -34,6 +34,9 @@ public struct ServerConfig: Equatable, Sendable {
     public var hostCertificateLifetime: Int64 = 30 * 86_400
     /// The longest a join token may last.
     public var maxTokenTTL: Int64 = 7 * 86_400
+    /// People (`login:`): how long a `jit login` lasts, and an optional allowed_signers file read at each login.
+    public var loginTokenTTL: Int64 = 12 * 3600
+    public var allowedSigners: String? = nil
 
     public init() {}
 
@@ -58,7 +61,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "login"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -107,6 +110,15 @@ public struct ServerConfig: Equatable, Sendable {
             let m = try r.mapping(t, path: "tokens")
             try r.onlyKeys(m, ["max_ttl"], path: "tokens")
             if let v = m["max_ttl"]?.1 { c.maxTokenTTL = try r.duration(v, path: "tokens.max_ttl", ceiling: 30 * 86_400) }
+        }
+        if let t = top["login"]?.1 {
+            let m = try r.mapping(t, path: "login")
+            try r.onlyKeys(m, ["token_ttl", "allowed_signers"], path: "login")
+            if let v = m["token_ttl"]?.1 {
+                c.loginTokenTTL = try r.duration(v, path: "login.token_ttl", ceiling: 7 * 86_400)
+                guard c.loginTokenTTL >= 60 else { throw r.error(v, "login.token_ttl", "must be at least 1m") }
+            }
+            if let v = m["allowed_signers"]?.1 { c.allowedSigners = try r.absolutePath(v, path: "login.allowed_signers") }
         }
         return c
     }

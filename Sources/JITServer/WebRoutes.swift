@@ -8,8 +8,9 @@ import NIOCore
 /// on its own: who a bearer token is (the people of `jit login`), who a user is now (the server's NSS), and the
 /// decision engine (`handle(_:from:)`, the same operations the CLI sends).
 public struct WebServices: Sendable {
-    /// The person a bearer token belongs to; nil when it is unknown, expired or ended.
-    public var person: @Sendable (String) async -> Identity?
+    /// The person a login's bearer token (from `peer`) belongs to; nil when it is unknown, expired, ended, an
+    /// API token (scoped to less than the person may do, so it never opens a web session) or root's.
+    public var person: @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> Identity?
     /// The user `name` as the server knows them now (their groups may have changed since they signed in);
     /// nil when they no longer exist, which ends what their session may do.
     public var identity: @Sendable (String) async -> Identity?
@@ -18,7 +19,7 @@ public struct WebServices: Sendable {
     public var sessions: any WebSessionStore
     public var now: @Sendable () -> Date
 
-    public init(person: @escaping @Sendable (String) async -> Identity?, identity: @escaping @Sendable (String) async -> Identity?,
+    public init(person: @escaping @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> Identity?, identity: @escaping @Sendable (String) async -> Identity?,
                 call: @escaping @Sendable (Message, Identity) async -> Message, sessions: any WebSessionStore,
                 now: @escaping @Sendable () -> Date = { Date() }) {
         self.person = person
@@ -33,8 +34,26 @@ extension WebServices {
     /// A server built without people or an engine: no bearer token is known, so no link is handed out and
     /// nobody is signed in; every engine call is refused with the reason.
     public static func unwired(sessions: any WebSessionStore, identity: @escaping @Sendable (String) async -> Identity? = { _ in nil }) -> WebServices {
-        WebServices(person: { _ in nil }, identity: identity,
-                    call: { _, _ in .error(.internal, "this control plane has no decision engine wired to its web page") }, sessions: sessions)
+        WebServices(person: { _, _ in nil }, identity: identity, call: noEngine, sessions: sessions)
+    }
+
+    static let noEngine: @Sendable (Message, Identity) async -> Message = { _, _ in
+        .error(.internal, "this control plane has no decision engine wired to its web page")
+    }
+
+    /// The page over the people of `jit login` (tokens in PostgreSQL, users in the server's NSS) and the engine
+    /// behind `/v1/call`.
+    static func wired(people: PeopleServices, db: FleetDatabase) -> WebServices {
+        WebServices(person: { token, peer throws(FleetError) in
+            guard token.utf8.count < 200 else { return nil }
+            let t: PersonToken
+            do throws(FleetError) { t = try await db.authenticatePerson(token: token, peer: PeopleAPI.address(peer)) } catch {
+                if error.code == "database" { throw error }
+                return nil
+            }
+            guard t.kind == "login", let id = people.lookup(t.user), !id.isRoot else { return nil }
+            return id
+        }, identity: { people.lookup($0) }, call: people.call ?? noEngine, sessions: PostgresWebSessions(db: db))
     }
 }
 
@@ -122,6 +141,7 @@ public struct WebRoutes: Sendable {
         guard let id = await services.identity(s.user) else {
             throw PageError(status: .forbidden, title: "Account unknown", text: "The server no longer knows the user '\(s.user)', so this session can do nothing.")
         }
+        guard !id.isRoot else { throw PageError(status: .forbidden, title: "Root refused", text: "root does not act over the network; use the server's own socket.") }
         return Visitor(identity: id, secret: secret, csrf: WebSecret.csrf(session: secret), sessionHash: hash)
     }
 
@@ -199,12 +219,14 @@ public struct WebRoutes: Sendable {
 
     public func addRoutes(to router: Router<FleetContext>) {
         // The link: JSON, for `jit web`. The caller proves who they are with the bearer token of `jit login`.
-        router.post("v1/web/link") { request, _ in
+        router.post("v1/web/link") { request, context in
             guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), case let token = String(auth.dropFirst(7)), !token.isEmpty else {
-                throw APIError(.unauthorized, "unauthorized", "this call needs the bearer token of 'jit login' (Authorization: Bearer ...); run 'jit login' first")
+                throw APIError(.unauthorized, "login_required", "this call needs the bearer token of 'jit login' (Authorization: Bearer ...); run 'jit login' first")
             }
-            guard let person = await services.person(token) else {
-                throw APIError(.unauthorized, "unauthorized", "the bearer token is unknown, expired or logged out; run 'jit login' again")
+            let found: Identity?
+            do { found = try await services.person(token, context.peer) } catch let e as FleetError { throw APIError(e) }
+            guard let person = found else {
+                throw APIError(.unauthorized, "login_required", "the bearer token is unknown, expired or logged out, or is an API token (only a login opens the web page); run 'jit login' again")
             }
             let link: FleetWire.WebLink
             do { link = try await Self.makeLink(user: person.name, sessions: services.sessions, now: services.now(), publicURL: publicURL) } catch let e as FleetError {

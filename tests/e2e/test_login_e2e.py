@@ -1,0 +1,261 @@
+"""Approving from anywhere (#15): `jit login` with an SSH key in a real ssh-agent, then jit against the control plane.
+
+The approver is a user with no login on any host: only a key registered on the server and a real ssh-agent.
+The server runs a real PostgreSQL (people, nonces, tokens) and an engine behind /v1/call.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import JIT, JITD, REPO, needs_root, run
+from fleet import ControlPlane, pg  # noqa: F401 (pg is a fixture)
+
+pytestmark = needs_root
+
+
+class PeoplePlane(ControlPlane):
+    """A control plane whose /v1/call runs an engine over its own policy (a jit.yaml and its database)."""
+
+    def __init__(self, pg, tmp, extra=""):
+        super().__init__(pg, tmp)
+        # What an approver is handed: the fleet CA, outside the server's private folder.
+        self.ca = shutil.copy(self.ca, os.path.join(tmp, os.path.basename(self.dir) + "-ca.pem"))
+        os.chmod(self.ca, 0o644)
+        with open(os.path.join(REPO, "packaging", "jit.yaml")) as f:
+            text = f.read()
+        text = re.sub(r"(?m)^database: .*$", f"database: {self.dir}/engine.db", text)
+        text = re.sub(r"(?m)^socket: .*$", f"socket: {self.dir}/unused.sock", text)
+        self.engine_config = os.path.join(self.dir, "engine.yaml")
+        with open(self.engine_config, "w") as f:
+            f.write(text + extra)
+
+    def spawn(self, i=0):
+        log = open(os.path.join(self.dir, f"server{i}.log"), "ab")
+        proc = subprocess.Popen([JITD, "server", "--config", self.config, "--engine-config", self.engine_config], stdout=log, stderr=subprocess.STDOUT)
+        self.replicas.append((proc, self.ports[i], os.path.join(self.dir, f"server{i}.log")))
+        return proc
+
+
+class Person:
+    """A user with a home, an ed25519 key and a real ssh-agent of their own (socket in their home)."""
+
+    def __init__(self, name, plane):
+        self.name = name
+        self.plane = plane
+        self.home = os.path.expanduser(f"~{name}")
+        self.key = os.path.join(self.home, "id_ed25519")
+        self.agent_sock = os.path.join(self.home, "agent.sock")
+        self.as_me(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", self.key], check=True)
+        p = self.as_me(["ssh-agent", "-a", self.agent_sock], check=True)
+        self.agent_pid = int(re.search(r"SSH_AGENT_PID=(\d+)", p.stdout).group(1))
+        self.as_me(["ssh-add", self.key], check=True)
+        # Only the agent holds the private key from here on.
+        os.unlink(self.key)
+
+    @property
+    def pub(self):
+        return self.key + ".pub"
+
+    def env(self, extra=None):
+        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": self.home, "SSH_AUTH_SOCK": self.agent_sock}
+        e.update(extra or {})
+        return e
+
+    def as_me(self, argv, check=False, env=None, timeout=60):
+        return run(["setpriv", "--reuid", self.name, "--regid", self.name, "--init-groups", "--", *argv], env=env or self.env(), check=check, timeout=timeout)
+
+    def jit(self, *args, env=None, timeout=60):
+        return self.as_me([JIT, *args], env=self.env(env), timeout=timeout)
+
+    def login(self, *extra):
+        return self.jit("login", "--server", self.plane.url, "--ca", self.plane.ca, *extra)
+
+    def register(self):
+        p = self.plane.admin("key", "add", self.name, "--file", self.pub)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    def stop(self):
+        try:
+            os.kill(self.agent_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def plane(pg, tmpdir_root):
+    cp = PeoplePlane(pg, tmpdir_root)
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+def persons(people, plane):
+    made = {}
+
+    def make(role):
+        if role not in made:
+            made[role] = Person(people[role], plane)
+        return made[role]
+    yield make
+    for p in made.values():
+        p.stop()
+
+
+def test_an_approver_with_only_a_key_logs_in_lists_and_approves(plane, persons):
+    bob, alice = persons("bob"), persons("alice")
+    bob.register()
+    alice.register()
+    p = bob.login()
+    assert p.returncode == 0, p.stderr
+    assert f"logged in to {plane.url} as {bob.name}" in p.stdout
+    cfg = os.path.join(bob.home, ".config", "jit")
+    assert os.stat(cfg).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(cfg, "login.json")).st_mode & 0o777 == 0o600
+    # The token is kept, and only its hash is on the server.
+    token = json.load(open(os.path.join(cfg, "login.json")))["token"]
+    rows = plane.pg.sql("SELECT token_hash FROM person_tokens WHERE kind = 'login'", db=plane.database)
+    assert rows and all(token not in r[0] for r in rows)
+    # Alice files through the server too (her login), with the same flags and output as on a host.
+    assert alice.login().returncode == 0
+    p = alice.jit("request", "--for", "30m", "--reason", "deploy 4411", "--json")
+    assert p.returncode == 0, p.stderr
+    rid = json.loads(p.stdout)["id"]
+    p = bob.jit("list", "--pending")
+    assert p.returncode == 0 and "deploy 4411" in p.stdout, p.stdout + p.stderr
+    # Her own request: she cannot approve it (exit 5, as on a host).
+    assert alice.jit("approve", str(rid)).returncode == 5
+    p = bob.jit("approve", str(rid), "--comment", "ok")
+    assert p.returncode == 0, p.stderr
+    assert f"request {rid} approved" in p.stdout
+    shown = json.loads(alice.jit("show", str(rid), "--json").stdout)
+    assert shown["state"] == "approved" and shown["decided_by"] == bob.name
+    assert alice.jit("show", "999999").returncode == 6
+    # Logout ends the token on the server: the same token presented again is refused.
+    p = bob.jit("logout")
+    assert p.returncode == 0 and "logged out" in p.stdout, p.stderr
+    assert not os.path.exists(os.path.join(cfg, "login.json"))
+    p = bob.jit("list", env={"JIT_TOKEN": token, "JIT_SERVER": plane.url, "JIT_CA": plane.ca})
+    assert p.returncode == 5 and "ended" in p.stderr, p.stderr
+
+
+def test_refused_unregistered_key_and_another_users_key(plane, persons):
+    bob, dave = persons("bob"), persons("dave")
+    p = bob.login()
+    assert p.returncode == 5 and "is not registered for" in p.stderr, p.stdout + p.stderr
+    # Dave's registered key does not log bob in, nor does bob's key log in as dave.
+    dave.register()
+    p = bob.login("--user", dave.name)
+    assert p.returncode == 5 and "is not registered for" in p.stderr, p.stderr
+    p = dave.jit("login", "--server", plane.url, "--ca", plane.ca, "--user", bob.name)
+    assert p.returncode == 5 and "is not registered for" in p.stderr, p.stderr
+    assert dave.login().returncode == 0
+    # A TLS server not verified by the CA given is refused (the system store does not know this fleet CA).
+    p = dave.jit("login", "--server", plane.url)
+    assert p.returncode == 4 and "TLS" in p.stderr, p.stderr
+    refused = plane.pg.sql("SELECT count(*) FROM fleet_audit WHERE event = 'login_refused'", db=plane.database)
+    assert int(refused[0][0]) >= 3
+
+
+def test_replayed_signed_nonce_and_expired_token_are_refused(plane, persons):
+    import requests
+    bob = persons("bob")
+    bob.register()
+    s = requests.Session()
+    s.verify = plane.ca
+    ch = s.post(plane.url + "/v1/login/challenge", json={"user": bob.name}).json()
+    text = f"jit-login-v1 {plane.url} {bob.name} {ch['nonce']}"
+    sig = bob.as_me(["sh", "-c", f"printf %s '{text}' | ssh-keygen -Y sign -n jit -f {bob.pub}"], check=True).stdout
+    body = {"user": bob.name, "nonce": ch["nonce"], "signature": sig}
+    first = s.post(plane.url + "/v1/login", json=body)
+    assert first.status_code == 201, first.text
+    again = s.post(plane.url + "/v1/login", json=body)
+    assert again.status_code == 401 and again.json()["error"]["code"] == "nonce_used", again.text
+    # A signature over another server's URL is refused even with a fresh nonce of this server.
+    ch = s.post(plane.url + "/v1/login/challenge", json={"user": bob.name}).json()
+    other = f"jit-login-v1 https://evil.example {bob.name} {ch['nonce']}"
+    sig = bob.as_me(["sh", "-c", f"printf %s '{other}' | ssh-keygen -Y sign -n jit -f {bob.pub}"], check=True).stdout
+    r = s.post(plane.url + "/v1/login", json={"user": bob.name, "nonce": ch["nonce"], "signature": sig})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_signature", r.text
+    # An expired token is refused with a sentence saying so.
+    token = first.json()["token"]
+    plane.pg.sql(f"UPDATE person_tokens SET expires_at = now() - interval '1 second' WHERE id = '{first.json()['id']}'", db=plane.database)
+    p = bob.jit("list", env={"JIT_TOKEN": token, "JIT_SERVER": plane.url, "JIT_CA": plane.ca})
+    assert p.returncode == 5 and "expired" in p.stderr, p.stderr
+    # A call without a token, and a host-only call with one, are refused.
+    assert s.post(plane.url + "/v1/call", json={"word": "list", "fields": [], "records": []}).status_code == 401
+
+
+def test_api_tokens_file_and_wait_are_scoped_and_revocable(plane, persons, people):
+    bob = persons("bob")
+    bob.register()
+    alice = people["alice"]
+    p = plane.admin("token", "create-api", "--name", "deploy", "--may", "request", "--env", "staging", "--ttl", "90d", "--as", alice)
+    assert p.returncode == 0, p.stderr
+    token = p.stdout.strip()
+    assert token.startswith("jitapi_") and "shown only now" in p.stderr
+    p = plane.admin("token", "create-api", "--name", "bad", "--may", "approve")
+    assert p.returncode == 2 and "--as" in p.stderr
+    env = {"JIT_TOKEN": token, "JIT_SERVER": plane.url, "JIT_CA": plane.ca, "PATH": "/usr/bin:/bin"}
+    # A staging token cannot request production.
+    p = run([JIT, "request", "--env", "production", "--for", "20m", "--reason", "deploy 4411"], env=env)
+    assert p.returncode == 5 and "only in staging" in p.stderr, p.stderr
+    # Nor approve anything.
+    p = run([JIT, "approve", "1"], env=env)
+    assert p.returncode == 5 and "not 'approve'" in p.stderr, p.stderr
+    # It files and waits; bob approves from his laptop meanwhile.
+    waiter = subprocess.Popen([JIT, "request", "--env", "staging", "--sudo", "--for", "20m", "--reason", "deploy 4411", "--wait", "--timeout", "2m"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert bob.login().returncode == 0
+    rid = None
+    deadline = time.time() + 30
+    while rid is None and time.time() < deadline:
+        rows = json.loads(bob.jit("list", "--pending", "--json").stdout or "[]")
+        rid = next((r["id"] for r in rows if r["reason"] == "deploy 4411"), None)
+        time.sleep(0.2)
+    assert rid is not None, "the pipeline's request never showed up"
+    assert bob.jit("approve", str(rid)).returncode == 0
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, out + err
+    assert f"request {rid} approved by {bob.name}" in out
+    # Last use is recorded; a revoked token is refused at once.
+    p = plane.admin("token", "list-api", "--json")
+    row = json.loads(p.stdout)["tokens"][0]
+    assert row["name"] == "deploy" and row["last_used_at"] and row["state"] == "active"
+    assert plane.admin("token", "revoke-api", "deploy").returncode == 0
+    p = run([JIT, "list"], env=env)
+    assert p.returncode == 5 and "revoked" in p.stderr, p.stderr
+
+
+def test_config_folder_readable_by_others_is_refused(plane, persons):
+    bob = persons("bob")
+    bob.register()
+    assert bob.login().returncode == 0
+    cfg = os.path.join(bob.home, ".config", "jit")
+    os.chmod(cfg, 0o755)
+    p = bob.jit("list")
+    assert p.returncode == 1 and "may be read by others" in p.stderr, p.stderr
+
+
+def test_a_user_the_server_no_longer_knows_cannot_log_in_or_call(plane, persons, users):
+    carol = persons("carol")
+    carol.register()
+    assert carol.login().returncode == 0
+    token = json.load(open(os.path.join(carol.home, ".config", "jit", "login.json")))["token"]
+    home = carol.home
+    carol.stop()
+    run(["pkill", "-KILL", "-u", carol.name])
+    run(["userdel", carol.name], check=True)
+    users.users.remove(carol.name)
+    env = {"JIT_TOKEN": token, "JIT_SERVER": plane.url, "JIT_CA": plane.ca, "PATH": "/usr/bin:/bin"}
+    p = run([JIT, "list"], env=env)
+    assert p.returncode == 5 and "not known" in p.stderr, p.stderr
+    shutil.rmtree(home, ignore_errors=True)
