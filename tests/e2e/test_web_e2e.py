@@ -5,9 +5,10 @@ Sign-in: the server's admin command `jitd server web link USER` (the same one-ti
 with a `jit login` token): the link asks before it signs in, works once, and sets a locked-down cookie.
 Screenshots go to $JIT_WEB_SHOTS (default: the test's temp folder) for a person to look at.
 
-Deciding on a request in the browser needs the server's decision engine wired into `jitd server`; the
-routes and pages of deciding are covered by the Swift tests (WebPageTests) against a stand-in engine.
+Deciding: an approver logged in with `jit login` (an SSH key in a real ssh-agent) runs `jit web`, opens the
+link, and approves a request with a TOTP code, against the engine behind /v1/call (`--engine-config`).
 """
+import json
 import os
 import shutil
 import time
@@ -120,3 +121,83 @@ def test_every_page_carries_a_strict_policy_and_a_form_without_its_csrf_token_do
     assert "Signed out" in browser.find_element(By.TAG_NAME, "h1").text
     r = requests.get(fleet.url + "/web/", cookies={"__Host-jit_session": session}, verify=fleet.ca, timeout=10)
     assert r.status_code == 401
+
+
+MFA_RULE = """rules:
+  - name: web-mfa
+    requesters: {groups: [jit-requesters]}
+    scopes: [login, sudo]
+    max_duration: 2h
+    approvals: {groups: [jit-approvers], mfa: true}
+"""
+
+
+@pytest.fixture
+def plane(pg, tmpdir_root):
+    from test_login_e2e import PeoplePlane
+    cp = PeoplePlane(pg, tmpdir_root, extra=MFA_RULE)
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser, people, tmpdir_root):
+    from test_login_e2e import Person
+    from test_policy_e2e import totp
+    bob, alice = Person(people["bob"], plane), Person(people["alice"], plane)
+    try:
+        for p in (bob, alice):
+            p.register()
+            r = p.login()
+            assert r.returncode == 0, r.stderr
+        reason = "<script>document.title='pwned'</script> deploy 4411"
+        r = alice.jit("request", "--sudo", "--for", "30m", "--reason", reason, "--json")
+        assert r.returncode == 0, r.stderr
+        rid = json.loads(r.stdout)["id"]
+        r = bob.jit("mfa", "enroll")
+        assert r.returncode == 0, r.stderr
+        secret = r.stdout.split("secret: ")[1].split()[0]
+        # jit web without a display prints the one-time link.
+        r = bob.jit("web")
+        assert r.returncode == 0, r.stderr
+        url = r.stdout.strip()
+        assert url.startswith(plane.url + "/web/login?code="), url
+        sign_in(browser, url)
+        assert f"signed in as {bob.name}" in browser.find_element(By.TAG_NAME, "header").text
+        row = browser.find_element(By.CSS_SELECTOR, f"a[href='/web/requests/{rid}']")
+        # The reason is shown as text: no script ran (the CSP forbids it too).
+        assert reason in browser.find_element(By.TAG_NAME, "table").text
+        assert browser.title != "pwned" and browser.find_elements(By.TAG_NAME, "script") == []
+        row.click()
+        shot = shots(tmpdir_root)
+        browser.save_screenshot(os.path.join(shot, "request.png"))
+        assert reason in browser.find_element(By.CSS_SELECTOR, ".why .reason").text
+        assert alice.name in browser.find_element(By.TAG_NAME, "dl").text and "web-mfa" in browser.find_element(By.TAG_NAME, "dl").text
+        # A wrong code: the engine's refusal on the page, the request still pending.
+        code = totp(secret)
+        browser.find_element(By.ID, "otp").send_keys("000000" if code != "000000" else "111111")
+        browser.find_element(By.ID, "approve").click()
+        assert "wrong" in browser.find_element(By.CSS_SELECTOR, ".notice.bad").text
+        browser.save_screenshot(os.path.join(shot, "request-refused.png"))
+        if time.time() % 30 > 27:
+            time.sleep(31 - time.time() % 30)
+        browser.find_element(By.ID, "comment").send_keys("ok from the web")
+        browser.find_element(By.ID, "otp").send_keys(totp(secret))
+        browser.find_element(By.ID, "approve").click()
+        assert "is recorded" in browser.find_element(By.CSS_SELECTOR, ".notice.good").text
+        assert browser.find_element(By.CSS_SELECTOR, "h1 .state").text == "approved"
+        assert browser.find_elements(By.ID, "approve") == []
+        browser.save_screenshot(os.path.join(shot, "approved.png"))
+        shown = json.loads(alice.jit("show", str(rid), "--json").stdout)
+        assert shown["state"] == "approved" and shown["decided_by"] == bob.name
+        # The requester's own page shows the request and its grant.
+        r = alice.jit("web")
+        assert r.returncode == 0, r.stderr
+        browser.delete_all_cookies()
+        sign_in(browser, r.stdout.strip())
+        browser.get(plane.url + "/web/mine")
+        assert f"/web/requests/{rid}" in browser.page_source and "active" in browser.page_source
+        browser.save_screenshot(os.path.join(shot, "mine.png"))
+    finally:
+        bob.stop()
+        alice.stop()
