@@ -86,7 +86,7 @@ def test_a_one_time_link_signs_in_once_with_a_locked_down_cookie(fleet, browser,
     browser.save_screenshot(os.path.join(shots(tmpdir_root), "pending.png"))
     cookie = browser.get_cookie("__Host-jit_session")
     assert cookie and cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    assert 8 * 3600 - 120 < cookie["expiry"] - time.time() <= 8 * 3600
+    assert 8 * 3600 - 120 < cookie["expiry"] - time.time() <= 8 * 3600 + 5
     # The database keeps only a hash of it.
     rows = fleet.pg.sql("SELECT session_hash, user_name FROM web_sessions", db=fleet.database)
     assert len(rows) == 1 and rows[0][1] == alice and rows[0][0] != cookie["value"]
