@@ -21,6 +21,8 @@ from fleet import ControlPlane, pg  # noqa: F401 (pg is a fixture)
 requests = pytest.importorskip("requests")
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = needs_root
 
@@ -68,9 +70,20 @@ def link(fleet, user):
     return url
 
 
+def submit(browser, button_id):
+    click(browser, browser.find_element(By.ID, button_id))
+
+
+def click(browser, element):
+    """Clicks and waits for the page that answers (a click does not wait for a form's POST or a link)."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 15).until(EC.staleness_of(old))
+
+
 def sign_in(browser, url):
     browser.get(url)
-    browser.find_element(By.ID, "signin").click()
+    submit(browser, "signin")
 
 
 def test_a_one_time_link_signs_in_once_with_a_locked_down_cookie(fleet, browser, users, tmpdir_root):
@@ -78,9 +91,8 @@ def test_a_one_time_link_signs_in_once_with_a_locked_down_cookie(fleet, browser,
     url = link(fleet, alice)
     browser.get(url)
     browser.save_screenshot(os.path.join(shots(tmpdir_root), "signin.png"))
-    button = browser.find_element(By.ID, "signin")
-    assert alice in button.text
-    button.click()
+    assert alice in browser.find_element(By.ID, "signin").text
+    submit(browser, "signin")
     assert browser.current_url.endswith("/web/")
     assert f"signed in as {alice}" in browser.find_element(By.TAG_NAME, "header").text
     browser.save_screenshot(os.path.join(shots(tmpdir_root), "pending.png"))
@@ -117,7 +129,7 @@ def test_every_page_carries_a_strict_policy_and_a_form_without_its_csrf_token_do
     browser.get(fleet.url + "/web/")
     assert f"signed in as {alice}" in browser.find_element(By.TAG_NAME, "header").text
     # With it (the page's own button): signed out, and the session is over server-side too.
-    browser.find_element(By.CSS_SELECTOR, "form[action='/web/logout'] button").click()
+    click(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/web/logout'] button"))
     assert "Signed out" in browser.find_element(By.TAG_NAME, "h1").text
     r = requests.get(fleet.url + "/web/", cookies={"__Host-jit_session": session}, verify=fleet.ca, timeout=10)
     assert r.status_code == 401
@@ -168,7 +180,7 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         # The reason is shown as text: no script ran (the CSP forbids it too).
         assert reason in browser.find_element(By.TAG_NAME, "table").text
         assert browser.title != "pwned" and browser.find_elements(By.TAG_NAME, "script") == []
-        row.click()
+        click(browser, row)
         shot = shots(tmpdir_root)
         browser.save_screenshot(os.path.join(shot, "request.png"))
         assert reason in browser.find_element(By.CSS_SELECTOR, ".why .reason").text
@@ -176,15 +188,16 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         # A wrong code: the engine's refusal on the page, the request still pending.
         code = totp(secret)
         browser.find_element(By.ID, "otp").send_keys("000000" if code != "000000" else "111111")
-        browser.find_element(By.ID, "approve").click()
+        submit(browser, "approve")
         assert "wrong" in browser.find_element(By.CSS_SELECTOR, ".notice.bad").text
         browser.save_screenshot(os.path.join(shot, "request-refused.png"))
         if time.time() % 30 > 27:
             time.sleep(31 - time.time() % 30)
         browser.find_element(By.ID, "comment").send_keys("ok from the web")
         browser.find_element(By.ID, "otp").send_keys(totp(secret))
-        browser.find_element(By.ID, "approve").click()
-        assert "is recorded" in browser.find_element(By.CSS_SELECTOR, ".notice.good").text
+        submit(browser, "approve")
+        notices = browser.find_elements(By.CSS_SELECTOR, ".notice")
+        assert notices and "is recorded" in notices[0].text, browser.find_element(By.TAG_NAME, "main").text
         assert browser.find_element(By.CSS_SELECTOR, "h1 .state").text == "approved"
         assert browser.find_elements(By.ID, "approve") == []
         browser.save_screenshot(os.path.join(shot, "approved.png"))
@@ -198,6 +211,11 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         browser.get(plane.url + "/web/mine")
         assert f"/web/requests/{rid}" in browser.page_source and "active" in browser.page_source
         browser.save_screenshot(os.path.join(shot, "mine.png"))
+        # An API token acts with less than its person may: it never opens a web session.
+        r = plane.admin("token", "create-api", "--name", "webbot", "--may", "request", "--env", "production", "--ttl", "1h", "--as", alice.name)
+        assert r.returncode == 0, r.stderr
+        r = requests.post(plane.url + "/v1/web/link", headers={"Authorization": "Bearer " + r.stdout.strip()}, verify=plane.ca, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "login_required", r.text
     finally:
         bob.stop()
         alice.stop()
