@@ -32,6 +32,8 @@ class PeoplePlane(ControlPlane):
             text = f.read()
         text = re.sub(r"(?m)^database: .*$", f"database: {self.dir}/engine.db", text)
         text = re.sub(r"(?m)^socket: .*$", f"socket: {self.dir}/unused.sock", text)
+        # The interim engine is a single environment's (the server's own PostgreSQL engine decides for all).
+        text = re.sub(r"(?m)^environment: .*$", "environment: staging", text)
         self.engine_config = os.path.join(self.dir, "engine.yaml")
         with open(self.engine_config, "w") as f:
             f.write(text + extra)
@@ -169,8 +171,8 @@ def test_replayed_signed_nonce_and_expired_token_are_refused(plane, persons):
     import requests
     bob = persons("bob")
     bob.register()
-    s = requests.Session()
-    s.verify = plane.ca
+    class s:  # noqa: N801 (verify per call: a session's verify loses to REQUESTS_CA_BUNDLE)
+        post = staticmethod(lambda url, **kw: requests.post(url, verify=plane.ca, timeout=30, **kw))
     ch = s.post(plane.url + "/v1/login/challenge", json={"user": bob.name}).json()
     text = f"jit-login-v1 {plane.url} {bob.name} {ch['nonce']}"
     sig = bob.as_me(["sh", "-c", f"printf %s '{text}' | ssh-keygen -Y sign -n jit -f {bob.pub}"], check=True).stdout
@@ -203,7 +205,7 @@ def test_api_tokens_file_and_wait_are_scoped_and_revocable(plane, persons, peopl
     token = p.stdout.strip()
     assert token.startswith("jitapi_") and "shown only now" in p.stderr
     p = plane.admin("token", "create-api", "--name", "bad", "--may", "approve")
-    assert p.returncode == 2 and "--as" in p.stderr
+    assert p.returncode == 64 and "--as" in p.stderr, p.stderr  # EX_USAGE, as every jitd usage error
     env = {"JIT_TOKEN": token, "JIT_SERVER": plane.url, "JIT_CA": plane.ca, "PATH": "/usr/bin:/bin"}
     # A staging token cannot request production.
     p = run([JIT, "request", "--env", "production", "--for", "20m", "--reason", "deploy 4411"], env=env)
@@ -221,7 +223,10 @@ def test_api_tokens_file_and_wait_are_scoped_and_revocable(plane, persons, peopl
         rows = json.loads(bob.jit("list", "--pending", "--json").stdout or "[]")
         rid = next((r["id"] for r in rows if r["reason"] == "deploy 4411"), None)
         time.sleep(0.2)
-    assert rid is not None, "the pipeline's request never showed up"
+    if rid is None:
+        waiter.kill()
+        out, err = waiter.communicate()
+        raise AssertionError(f"the pipeline's request never showed up: {out} {err} {bob.jit('list', '--json').stdout}")
     assert bob.jit("approve", str(rid)).returncode == 0
     out, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 0, out + err
@@ -259,3 +264,44 @@ def test_a_user_the_server_no_longer_knows_cannot_log_in_or_call(plane, persons,
     p = run([JIT, "list"], env=env)
     assert p.returncode == 5 and "not known" in p.stderr, p.stderr
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
+    from test_policy_e2e import totp
+    cp = PeoplePlane(pg, tmpdir_root, extra="""rules:
+  - name: mfa-login
+    requesters: {groups: [jit-requesters]}
+    scopes: [login]
+    approvals: {groups: [jit-approvers], mfa: true}
+""")
+    cp.start()
+    from conftest import Users
+    users = Users()
+    made = []
+    try:
+        bob = Person(users.user("bob", ["jit-approvers"]), cp)
+        alice = Person(users.user("alice", ["jit-requesters"]), cp)
+        made += [bob, alice]
+        for p in made:
+            p.register()
+            assert p.login().returncode == 0
+        rid = json.loads(alice.jit("request", "--for", "30m", "--reason", "x", "--json").stdout)["id"]
+        p = bob.jit("approve", str(rid))
+        assert p.returncode == 5 and "--otp" in p.stderr, p.stderr
+        p = bob.jit("mfa", "enroll")
+        assert p.returncode == 0, p.stderr
+        secret = p.stdout.split("secret: ")[1].split()[0]
+        if time.time() % 30 > 25:
+            time.sleep(31 - time.time() % 30)
+        code = totp(secret)
+        p = bob.jit("approve", str(rid), "--otp", code)
+        assert p.returncode == 0 and "approved" in p.stdout, p.stderr
+        # The same code again is a replay, refused by the server's engine.
+        r2 = json.loads(alice.jit("request", "--for", "30m", "--reason", "y", "--json").stdout)["id"]
+        p = bob.jit("approve", str(r2), "--otp", code)
+        assert p.returncode == 5 and "already used" in p.stderr, p.stderr
+    finally:
+        for p in made:
+            p.stop()
+        users.cleanup()
+        cp.stop()
