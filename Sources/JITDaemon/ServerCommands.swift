@@ -219,7 +219,7 @@ struct WebLinkCommand: AsyncParsableCommand {
         guard !id.isRoot else { throw fleetFailure(FleetError("usage", "root does not act over the network; use the server's own socket")) }
         let user = self.user
         let link = try await withServerDatabase(config) { db, _ in
-            let l = try await WebRoutes.makeLink(user: user, sessions: PostgresWebSessions(db: db), now: Date(), publicURL: config.publicURL)
+            let l = try await WebRoutes.makeLink(user: user, login: nil, sessions: PostgresWebSessions(db: db), now: Date(), publicURL: config.publicURL)
             try await db.audit("web_link", actor: FleetServer.actor(), data: ["user": user, "expires_at": l.expiresAt])
             return l
         }

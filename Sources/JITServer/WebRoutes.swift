@@ -8,9 +8,12 @@ import NIOCore
 /// on its own: who a bearer token is (the people of `jit login`), who a user is now (the server's NSS), and the
 /// decision engine (`handle(_:from:)`, the same operations the CLI sends).
 public struct WebServices: Sendable {
-    /// The person a login's bearer token (from `peer`) belongs to; nil when it is unknown, expired, ended, an
-    /// API token (scoped to less than the person may do, so it never opens a web session) or root's.
-    public var person: @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> Identity?
+    /// The person a login's bearer token (from `peer`) belongs to, and that login's id; nil when it is unknown,
+    /// expired, ended, an API token (scoped to less than the person may do, so it never opens a web session)
+    /// or root's.
+    public var person: @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> (identity: Identity, login: String)?
+    /// Whether a login still holds: a session lives no longer than the login its link was asked with.
+    public var loginAlive: @Sendable (_ login: String) async throws(FleetError) -> Bool
     /// The user `name` as the server knows them now (their groups may have changed since they signed in);
     /// nil when they no longer exist, which ends what their session may do.
     public var identity: @Sendable (String) async -> Identity?
@@ -19,10 +22,12 @@ public struct WebServices: Sendable {
     public var sessions: any WebSessionStore
     public var now: @Sendable () -> Date
 
-    public init(person: @escaping @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> Identity?, identity: @escaping @Sendable (String) async -> Identity?,
+    public init(person: @escaping @Sendable (_ token: String, _ peer: String) async throws(FleetError) -> (identity: Identity, login: String)?,
+                loginAlive: @escaping @Sendable (_ login: String) async throws(FleetError) -> Bool, identity: @escaping @Sendable (String) async -> Identity?,
                 call: @escaping @Sendable (Message, Identity) async -> Message, sessions: any WebSessionStore,
                 now: @escaping @Sendable () -> Date = { Date() }) {
         self.person = person
+        self.loginAlive = loginAlive
         self.identity = identity
         self.call = call
         self.sessions = sessions
@@ -34,7 +39,7 @@ extension WebServices {
     /// A server built without people or an engine: no bearer token is known, so no link is handed out and
     /// nobody is signed in; every engine call is refused with the reason.
     public static func unwired(sessions: any WebSessionStore, identity: @escaping @Sendable (String) async -> Identity? = { _ in nil }) -> WebServices {
-        WebServices(person: { _, _ in nil }, identity: identity, call: noEngine, sessions: sessions)
+        WebServices(person: { _, _ in nil }, loginAlive: { _ in false }, identity: identity, call: noEngine, sessions: sessions)
     }
 
     static let noEngine: @Sendable (Message, Identity) async -> Message = { _, _ in
@@ -44,7 +49,8 @@ extension WebServices {
     /// The page over the people of `jit login` (tokens in PostgreSQL, users in the server's NSS) and the engine
     /// behind `/v1/call`.
     static func wired(people: PeopleServices, db: FleetDatabase) -> WebServices {
-        WebServices(person: { token, peer throws(FleetError) in
+        let sessions = PostgresWebSessions(db: db)
+        return WebServices(person: { token, peer throws(FleetError) in
             guard token.utf8.count < 200 else { return nil }
             let t: PersonToken
             do throws(FleetError) { t = try await db.authenticatePerson(token: token, peer: PeopleAPI.address(peer)) } catch {
@@ -52,8 +58,9 @@ extension WebServices {
                 return nil
             }
             guard t.kind == "login", let id = people.lookup(t.user), !id.isRoot else { return nil }
-            return id
-        }, identity: { people.lookup($0) }, call: people.call ?? noEngine, sessions: PostgresWebSessions(db: db))
+            return (id, t.id)
+        }, loginAlive: { id throws(FleetError) in try await sessions.loginAlive(id: id) },
+        identity: { people.lookup($0) }, call: people.call ?? noEngine, sessions: sessions)
     }
 }
 
@@ -84,10 +91,10 @@ public struct WebRoutes: Sendable {
     }
 
     /// A one-time sign-in link for `user` (stored as its hash), for `POST /v1/web/link` and `jitd server web link`.
-    public static func makeLink(user: String, sessions: any WebSessionStore, now: Date, publicURL: String) async throws(FleetError) -> FleetWire.WebLink {
+    public static func makeLink(user: String, login: String?, sessions: any WebSessionStore, now: Date, publicURL: String) async throws(FleetError) -> FleetWire.WebLink {
         let code = WebSecret.make()
         let expires = now.addingTimeInterval(linkLifetime)
-        try await sessions.addLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), user: user, expiresAt: expires)
+        try await sessions.addLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), user: user, login: login, expiresAt: expires)
         return FleetWire.WebLink(url: "\(publicURL)/web/login?code=\(code)", expiresAt: Timestamps.format(expires))
     }
 
@@ -138,6 +145,11 @@ public struct WebRoutes: Sendable {
         guard let secret = request.cookies[Self.cookie]?.value, WebSecret.wellFormed(secret) else { throw Self.notSignedIn }
         let hash = WebSecret.hash(secret, purpose: "jit-web-session")
         guard let s = try await services.sessions.session(hash: hash, now: services.now()) else { throw Self.notSignedIn }
+        if let login = s.login, try await !services.loginAlive(login) {
+            try await services.sessions.endSession(hash: hash, now: services.now())
+            throw PageError(status: .unauthorized, title: "Not signed in",
+                            text: "The login this session came from has ended ('jit logout', a removed key, or its expiry), and the session with it. Run 'jit login', then 'jit web'.")
+        }
         guard let id = await services.identity(s.user) else {
             throw PageError(status: .forbidden, title: "Account unknown", text: "The server no longer knows the user '\(s.user)', so this session can do nothing.")
         }
@@ -223,13 +235,13 @@ public struct WebRoutes: Sendable {
             guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), case let token = String(auth.dropFirst(7)), !token.isEmpty else {
                 throw APIError(.unauthorized, "login_required", "this call needs the bearer token of 'jit login' (Authorization: Bearer ...); run 'jit login' first")
             }
-            let found: Identity?
+            let found: (identity: Identity, login: String)?
             do { found = try await services.person(token, context.peer) } catch let e as FleetError { throw APIError(e) }
-            guard let person = found else {
+            guard let found else {
                 throw APIError(.unauthorized, "login_required", "the bearer token is unknown, expired or logged out, or is an API token (only a login opens the web page); run 'jit login' again")
             }
             let link: FleetWire.WebLink
-            do { link = try await Self.makeLink(user: person.name, sessions: services.sessions, now: services.now(), publicURL: publicURL) } catch let e as FleetError {
+            do { link = try await Self.makeLink(user: found.identity.name, login: found.login, sessions: services.sessions, now: services.now(), publicURL: publicURL) } catch let e as FleetError {
                 throw APIError(e)
             }
             return try FleetAPI.json(link, status: .created)
@@ -254,10 +266,11 @@ public struct WebRoutes: Sendable {
             await page(request, context) {
                 let code = try await Self.form(request)["code"] ?? ""
                 guard WebSecret.wellFormed(code),
-                      let user = try await services.sessions.redeemLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), now: services.now())
+                      let link = try await services.sessions.redeemLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), now: services.now())
                 else { throw Self.linkRefused }
+                let user = link.user
                 let secret = WebSecret.make()
-                try await services.sessions.addSession(hash: WebSecret.hash(secret, purpose: "jit-web-session"), user: user,
+                try await services.sessions.addSession(hash: WebSecret.hash(secret, purpose: "jit-web-session"), user: user, login: link.login,
                                                        expiresAt: services.now().addingTimeInterval(Self.sessionLifetime))
                 context.logger.info("web session opened for \(user) from \(context.peer)")
                 let cookie = "\(Self.cookie)=\(secret); Path=/; Max-Age=\(Int(Self.sessionLifetime)); Secure; HttpOnly; SameSite=Strict"

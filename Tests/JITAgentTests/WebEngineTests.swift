@@ -18,7 +18,7 @@ import Testing
         router.add(middleware: ErrorShapeMiddleware())
         let engine = h.engine, clock = h.clock
         let people = ["t-erin": D.erin, "t-judy": D.judy]
-        let services = WebServices(person: { t, _ in people[t] }, identity: { D.standard.user(name: $0) },
+        let services = WebServices(person: { t, _ in people[t].map { ($0, t) } }, loginAlive: { _ in true }, identity: { D.standard.user(name: $0) },
                                    call: { m, who in engine.handle(m, from: who) }, sessions: sessions, now: { clock.now() })
         WebRoutes(services: services, publicURL: "https://jit.example.org").addRoutes(to: router)
         return Application(router: router)

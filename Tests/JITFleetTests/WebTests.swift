@@ -72,11 +72,17 @@ final class TestTime: Sendable {
     func get() -> Date { now.withLock { $0 } }
 }
 
+final class EndedLogins: Sendable {
+    let set = Mutex(Set<String>())
+}
+
 struct WebHarness {
     let engine = FakeEngine()
     let time = TestTime()
     let sessions = MemoryWebSessions()
     let tokens = ["tok-alice": "alice", "tok-bob": "bob", "tok-carol": "carol"]
+    /// Logins that ended (`jit logout`): their sessions end with them.
+    let endedLogins = EndedLogins()
 
     func app() -> some ApplicationProtocol {
         let router = Router(context: FleetContext.self)
@@ -85,7 +91,9 @@ struct WebHarness {
         let ids: [String: Identity] = ["alice": Identity(uid: 1001, name: "alice", groups: ["ops"]),
                                        "bob": Identity(uid: 1002, name: "bob", groups: ["ops"]),
                                        "carol": Identity(uid: 1003, name: "carol", groups: [])]
-        let services = WebServices(person: { t, _ in tokens[t].flatMap { ids[$0] } }, identity: { ids[$0] },
+        let ended = self.endedLogins
+        let services = WebServices(person: { t, _ in tokens[t].flatMap { ids[$0] }.map { ($0, "login-" + t) } },
+                                   loginAlive: { l in !ended.set.withLock { $0.contains(l) } }, identity: { ids[$0] },
                                    call: { m, who in engine.handle(m, who) }, sessions: sessions, now: { time.get() })
         WebRoutes(services: services, publicURL: "https://jit.example.org:8443").addRoutes(to: router)
         return Application(router: router)
@@ -199,6 +207,22 @@ func csrf(in page: String) throws -> String {
             #expect(try await c.get("/web/", cookie: cookie).status == .ok)
             h.time.advance(8 * 3600 + 1)
             #expect(try await c.get("/web/", cookie: cookie).status == .unauthorized)
+        }
+    }
+
+    @Test func aSessionEndsWithTheLoginItCameFrom() async throws {
+        let h = WebHarness()
+        try await h.app().test(.router) { c in
+            let alice = try await c.signIn("tok-alice"), bob = try await c.signIn("tok-bob")
+            h.endedLogins.set.withLock { _ = $0.insert("login-tok-alice") }
+            let r = try await c.get("/web/", cookie: alice)
+            #expect(r.status == .unauthorized)
+            #expect(text(r).contains("jit logout"))
+            // Ended for good, server side; another person's session is untouched.
+            h.endedLogins.set.withLock { $0.removeAll() }
+            #expect(try await c.get("/web/", cookie: alice).status == .unauthorized)
+            #expect(try await c.get("/web/", cookie: bob).status == .ok)
+            #expect(h.engine.calls.allSatisfy { $0.1 != "alice" })
         }
     }
 

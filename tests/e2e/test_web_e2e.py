@@ -211,6 +211,11 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         browser.get(plane.url + "/web/mine")
         assert f"/web/requests/{rid}" in browser.page_source and "active" in browser.page_source
         browser.save_screenshot(os.path.join(shot, "mine.png"))
+        # Her web session ends with the login it came from.
+        assert alice.jit("logout").returncode == 0
+        browser.get(plane.url + "/web/mine")
+        assert "Not signed in" in browser.find_element(By.TAG_NAME, "h1").text
+        assert "jit logout" in browser.find_element(By.TAG_NAME, "main").text
         # An API token acts with less than its person may: it never opens a web session.
         r = plane.admin("token", "create-api", "--name", "webbot", "--may", "request", "--env", "production", "--ttl", "1h", "--as", alice.name)
         assert r.returncode == 0, r.stderr
