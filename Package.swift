@@ -104,6 +104,8 @@ let package = Package(
             dependencies: [
                 "JITCore",
                 "JITFleet",
+                // The one decision engine (`Engine`) runs here too, over PostgresStore.
+                "JITAgent",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -150,6 +152,7 @@ let package = Package(
             dependencies: [
                 "JITFleet",
                 "JITServer",
+                "JITAgent",
                 "JITCore",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -161,10 +164,12 @@ let package = Package(
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
+            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore, and the
+            // web page runs over the real engine (WebEngineTests).
             dependencies: [
-                "JITAgent", "JITCore", .product(name: "PropertyBased", package: "swift-property-based"),
-                // The web page over the real engine (WebEngineTests).
-                "JITServer", "JITFleet", .product(name: "HummingbirdTesting", package: "hummingbird"),
+                "JITAgent", "JITCore", "JITServer", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict
         ),

@@ -50,7 +50,7 @@ extension Engine {
 
     /// At most `pending_per_user` pending requests per user. Call under `filingLock`.
     func admitPending(for who: Identity, cap: Int) throws(JITError) {
-        let n = try store.pendingCount(user: who.name)
+        let n = try decisions.pendingCount(user: who.name)
         guard n < cap else {
             throw JITError(.busy, "\(who.name) already has \(n) pending requests (limits.pending_per_user: \(cap)); cancel one with jit cancel ID, or wait for a decision")
         }

@@ -11,6 +11,36 @@ public struct ApprovalResult: Sendable {
     public var needed: Int
 }
 
+/// Where a request is filed on the control plane: by an enrolled host (`host`, with its outbox `seq`), or on
+/// the server's own socket (`host` nil). `facts` are what the rules see (the filing host's environment and
+/// labels); `hosts` are the targets asked for.
+public struct Filing: Sendable, Equatable {
+    public var host: String?
+    public var seq: Int64?
+    public var facts: HostFacts
+    public var hosts: [String]
+    public init(host: String?, seq: Int64?, facts: HostFacts, hosts: [String]) {
+        self.host = host
+        self.seq = seq
+        self.facts = facts
+        self.hosts = hosts
+    }
+
+    /// Records where the grant will apply: under an automatic rule a host's filing covers only that host (a
+    /// host's word alone never opens others); otherwise the named hosts, or (none named) every host of the
+    /// environment holding the rule's labels. A use-limited grant must name exactly one host: a use cannot be
+    /// spent once fleet-wide.
+    func place(_ r: inout AccessRequest, rule: Rule, automatic: Bool) throws(JITError) {
+        r.hosts = automatic ? (host.map { [$0] } ?? hosts) : hosts
+        r.labels = rule.labels
+        r.filedByHost = host
+        r.hostSeq = seq
+        if r.uses != nil && r.hosts.count != 1 {
+            throw JITError(.invalid, "a grant with a use limit (--once, or the rule's uses) must name exactly one host; name it with --host")
+        }
+    }
+}
+
 /// The rule-driven operations: filing under the rules (pending or automatic), break-glass, approving
 /// tier by tier with optional TOTP, extending, explaining, MFA enrolment and escalation. The decisions
 /// themselves are `Policy`'s pure functions; this wires them to the store, the clock and the log.
@@ -29,24 +59,29 @@ extension Engine {
 
     /// Admits a draft under the rules and stores it: pending, or approved at once (with its grant) when
     /// the matching rule is automatic. `extending` makes it an extension of that grant.
-    public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?) throws(JITError) -> Store.Decision {
+    public func fileDecision(_ d: Draft, for who: Identity, extending: Grant?, origin: Filing? = nil) throws(JITError) -> Store.Decision {
         let cfg = config
         let now = clock.now()
         var trace: [String] = []
-        let a = try cfg.policy.evaluate(d, from: who, host: host(cfg), at: now, trace: &trace)
+        let a = try cfg.policy.evaluate(d, from: who, host: origin?.facts ?? host(cfg), at: now, trace: &trace)
         let draft = a.draft
         try effects.validate(user: who.name, scope: draft.scope, runAs: draft.runAs ?? "")
-        try CommandFolders.refuseWritable(draft.scope, for: who)
-        let r = AccessRequest(
+        // The commands' folders are the target hosts' to check (their agents do); the control plane has none.
+        if origin == nil { try CommandFolders.refuseWritable(draft.scope, for: who) }
+        var r = AccessRequest(
             user: who.name, uid: who.uid, environment: draft.environment ?? cfg.environment, scope: draft.scope, runAs: draft.runAs ?? "",
             duration: draft.duration ?? a.rule.defaultDuration, reason: draft.reason, createdAt: now,
             expiresAt: now.addingTimeInterval(Double(cfg.pendingTTL)), rule: a.rule.name, rhost: d.rhost, service: d.service,
             ticket: draft.ticket, extends: extending?.id, uses: Engine.uses(asked: d.uses, rule: a.rule.uses), record: a.rule.record)
+        if let o = origin {
+            try o.place(&r, rule: a.rule, automatic: a.automatic)
+            if let g = extending { r.hosts = g.hosts; r.labels = g.labels }
+        }
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
         try admitFiling(for: who)
         if a.automatic {
             let rule = a.rule
-            let dec = try store.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword,
+            let dec = try decisions.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword,
                                                login: rule.grantsLogin) { g in
                 rule.grantEnd(duration: r.duration, at: now, extending: g?.expiresAt)
             }
@@ -60,7 +95,7 @@ extension Engine {
         }
         let stored = try filingLock.withLock { _ throws(JITError) in
             try admitPending(for: who, cap: cfg.limits.pendingPerUser)
-            return try store.insertRequest(r)
+            return try decisions.insertRequest(r)
         }
         let groups = a.rule.tiers.first?.groups ?? []
         logger.info("request \(stored.id) filed by \(who.name) under rule '\(a.rule.name)': \(what) for \(Durations.format(stored.duration)); approvers notified: \(groups.joined(separator: ", "))")
@@ -82,7 +117,7 @@ extension Engine {
             user: who.name, uid: who.uid, environment: a.environment ?? cfg.environment, scope: a.scope, runAs: a.runAs ?? "",
             duration: duration, reason: a.reason, createdAt: now, expiresAt: now, rule: "break-glass", rhost: d.rhost, service: d.service,
             ticket: a.ticket)
-        let dec = try store.insertApproved(r, via: .breakGlass, by: who.name, at: now, noPassword: cfg.policy.noPassword, login: true) { _ in
+        let dec = try decisions.insertApproved(r, via: .breakGlass, by: who.name, at: now, noPassword: cfg.policy.noPassword, login: true) { _ in
             now.addingTimeInterval(Double(duration))
         }
         try putInPlace(dec)
@@ -111,7 +146,7 @@ extension Engine {
             try effects.started(g)
         } catch {
             logger.error("grant \(g.id) failed: \(error.message)")
-            _ = try? store.endGrant(id: g.id, as: .revoked, by: "jitd (failed: \(error.message))", at: clock.now())
+            _ = try? decisions.endGrant(id: g.id, as: .revoked, by: "jitd (failed: \(error.message))", at: clock.now())
             notifyWaiters(d.request.id)
             throw JITError(.internal, "request \(d.request.id) was approved but grant \(g.id) could not be put in place (\(error.message)); it was revoked. Fix the cause and ask the user to request again")
         }
@@ -136,9 +171,9 @@ extension Engine {
             guard let otp, !otp.isEmpty else {
                 throw JITError(.unauthorized, "\(rule.label) requires approvers to confirm with a one-time code: jit approve \(id) --otp CODE (enrol once with 'jit mfa enroll')")
             }
-            try store.consumeOTP(user: c.name, code: otp, at: now)
+            try decisions.consumeOTP(user: c.name, code: otp, at: now)
         }
-        let d = try store.approveByRule(
+        let d = try decisions.approveByRule(
             id: id, approver: c.name, groups: rule.approvalGroups(of: c), mfa: rule.mfa, comment: comment, at: now, noPassword: policy.noPassword,
             login: rule.grantsLogin,
             authorize: { cur throws(JITError) in
@@ -151,7 +186,7 @@ extension Engine {
                 return rule.grantEnd(duration: cur.duration, at: now, extending: current?.expiresAt)
             })
         guard let g = d.grant else {
-            let needed = rule.approvalsNeeded(try store.approvalRecords(id: id), requester: r.user, filedAt: r.createdAt, now: now)
+            let needed = rule.approvalsNeeded(try decisions.approvalRecords(id: id), requester: r.user, filedAt: r.createdAt, now: now)
             logger.info("request \(id): approval by \(c.name) counted under rule '\(rule.name)' (\(needed) more needed)")
             return ApprovalResult(request: d.request, grant: nil, decided: false, needed: needed)
         }
@@ -167,7 +202,7 @@ extension Engine {
     public func deny(id: Int64, by c: Identity, comment: String?) throws(JITError) -> AccessRequest {
         let policy = config.policy
         let now = clock.now()
-        let r = try store.end(id: id, as: .denied, by: c.name, comment: comment, at: now) { r throws(JITError) in
+        let r = try decisions.end(id: id, as: .denied, by: c.name, comment: comment, at: now) { r throws(JITError) in
             if policy.rule(named: r.rule) == nil {
                 guard policy.isApprover(c) else { throw JITError(.unauthorized, "\(c.name) is not in an approver group; ask an approver") }
                 guard c.uid != r.uid && c.name != r.user else {
@@ -185,7 +220,7 @@ extension Engine {
     /// `extend`: asks for more time on one's own active grant, under the rules as they are now.
     func extend(_ m: Message, _ c: Identity) throws(JITError) -> AccessRequest {
         let gid = try id(m, "grant")
-        guard let g = try store.grant(id: gid) else { throw JITError(.notFound, "there is no grant \(gid); list grants with 'jit grants'") }
+        guard let g = try decisions.grant(id: gid) else { throw JITError(.notFound, "there is no grant \(gid); list grants with 'jit grants'") }
         guard g.user == c.name || c.isRoot else {
             throw JITError(.unauthorized, "grant \(gid) is not yours; only its owner may ask to extend it")
         }
@@ -198,11 +233,12 @@ extension Engine {
         guard let f = m["for"], let secs = Int64(f), secs > 0 else {
             throw JITError(.invalid, "the field 'for' must be a positive number of seconds; use --for like 30m")
         }
-        let original = try store.request(id: g.requestID)
+        let original = try decisions.request(id: g.requestID)
         let draft = Draft(
             environment: g.environment, scope: g.scope, runAs: g.scope == .login ? nil : g.runAs, duration: secs, reason: m["reason"] ?? "",
             rhost: original?.rhost ?? "", service: original?.service ?? "", ticket: m["ticket"] ?? original?.ticket)
-        return try fileDecision(draft, for: who, extending: g).request
+        let origin = onControlPlane ? Filing(host: nil, seq: nil, facts: HostFacts(environment: g.environment, labels: Set(g.labels)), hosts: g.hosts) : nil
+        return try fileDecision(draft, for: who, extending: g, origin: origin).request
     }
 
     /// `explain`: which rule would decide a request, and why (a dry run: nothing is stored).
@@ -263,7 +299,7 @@ extension Engine {
     /// `mfa_enroll`: a new TOTP secret for the caller, shown once. Replacing one needs a current code.
     func mfaEnroll(_ m: Message, _ c: Identity) throws(JITError) -> Message {
         let secret = TOTP.newSecret()
-        try store.enrollMFA(user: c.name, secret: secret, at: clock.now(), replacing: m["otp"])
+        try decisions.enrollMFA(user: c.name, secret: secret, at: clock.now(), replacing: m["otp"])
         logger.notice("mfa: \(c.name) enrolled a one-time code secret")
         return Message("ok", [("user", c.name), ("secret", Base32.encode(secret)), ("uri", TOTP.uri(secret: secret, account: c.name)),
                               ("digits", String(TOTP.digits)), ("period", String(TOTP.period))])
@@ -273,7 +309,7 @@ extension Engine {
     func mfaReset(_ m: Message, _ c: Identity) throws(JITError) -> Message {
         guard c.isRoot else { throw JITError(.unauthorized, "only root may reset another user's one-time code secret") }
         let user = try field(m, "user")
-        guard try store.resetMFA(user: user) else { throw JITError(.notFound, "\(user) has no one-time code secret") }
+        guard try decisions.resetMFA(user: user) else { throw JITError(.notFound, "\(user) has no one-time code secret") }
         logger.notice("mfa: root reset the secret of \(user)")
         return Message("ok", [("user", user)])
     }
@@ -284,16 +320,16 @@ extension Engine {
         let policy = config.policy
         var next: Date? = nil
         do {
-            for (r, done) in try store.pendingWithEscalation() {
+            for (r, done) in try decisions.pendingWithEscalation() {
                 guard let rule = policy.rule(named: r.rule) else { continue }
                 let open = rule.openTierCount(filedAt: r.createdAt, now: now)
-                if open > done {
+                // Marked first: of several replicas, only the one whose mark changed the row notifies.
+                if open > done, try decisions.markEscalated(id: r.id, tiers: open) {
                     for t in done..<open {
                         let groups = rule.tiers[t].groups
                         logger.notice("request \(r.id) of \(r.user) was not decided in time: escalated under rule '\(rule.name)' to tier \(t + 1) (\(groups.joined(separator: ", "))), who may now decide it and are notified")
                         notifier.notify(.escalated(r, tier: t + 1, approverGroups: groups))
                     }
-                    try store.markEscalated(id: r.id, tiers: open)
                 }
                 if let e = rule.nextEscalation(filedAt: r.createdAt, open: open), e < r.expiresAt, next == nil || e < next! { next = e }
             }

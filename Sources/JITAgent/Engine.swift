@@ -32,6 +32,11 @@ public struct NoEffects: GrantEffects {
 /// per connection.
 public final class Engine: Sendable {
     public let store: Store
+    /// Where requests, approvals, grants and one-time codes live: `store` on a host, PostgreSQL on the
+    /// control plane (`DecisionStore`). The check path, sessions, uses and the host's trail stay on `store`.
+    public let decisions: any DecisionStore
+    /// The control plane's engine: host-only operations (check, sessions, uses, recordings) are refused.
+    public let onControlPlane: Bool
     public let clock: any JITClock
     public let directory: any UserDirectory
     public let effects: any GrantEffects
@@ -56,7 +61,9 @@ public final class Engine: Sendable {
 
     public init(config: Config, store: Store, clock: any JITClock = SystemClock(), directory: any UserDirectory = SystemDirectory(),
                 effects: any GrantEffects = NoEffects(), sessions: any SessionControl = ProcessSessions(), logger: Logger = Logger(label: "jitd"),
-                notifier: any Notifier = NoNotifier(), journal: CheckJournal? = nil) {
+                notifier: any Notifier = NoNotifier(), journal: CheckJournal? = nil, decisions: (any DecisionStore)? = nil) {
+        self.decisions = decisions ?? store
+        self.onControlPlane = decisions != nil
         self.sessions = sessions
         self.journal = journal
         sealer = AuditSealer(store: store, path: config.audit.sealKey ?? ((store.path as NSString).deletingLastPathComponent + "/seal.key"),
@@ -94,7 +101,14 @@ public final class Engine: Sendable {
         }
     }
 
+    /// What only a host's agent answers: the PAM question, sessions, sudo uses and recordings, and the
+    /// host's own trail (the control plane's is `jitd server audit`).
+    static let hostOnlyWords: Set<String> = ["check", "session_open", "session_close", "recordings", "audit", "audit_verify"]
+
     func dispatch(_ m: Message, _ c: Identity) throws(JITError) -> Message {
+        if onControlPlane, Engine.hostOnlyWords.contains(m.word) {
+            throw JITError(.badRequest, "'\(m.word)' is answered by a host's jitd, not by the control plane: run it on the host; the control plane's trail is read with 'jitd server audit'")
+        }
         do {
             switch m.word {
             case "hello":
@@ -124,7 +138,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["pending", "mine", "before"])
                 let mine = try m.bool("mine")
                 let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
-                let rs = try store.requests(user: everyone ? nil : c.name, pendingOnly: try m.bool("pending"), before: try m.int("before"))
+                let rs = try decisions.requests(user: everyone ? nil : c.name, pendingOnly: try m.bool("pending"), before: try m.int("before"))
                 return Engine.page(rs.map { ($0.id, $0.fields) })
             case "show":
                 try m.onlyKeys(["id"])
@@ -146,7 +160,7 @@ public final class Engine: Sendable {
                 try m.onlyKeys(["active", "mine", "before"])
                 let mine = try m.bool("mine")
                 let everyone = (c.isRoot || config.policy.isApprover(c)) && !mine
-                let gs = try store.grants(user: everyone ? nil : c.name, activeOnly: try m.bool("active"), before: try m.int("before"))
+                let gs = try decisions.grants(user: everyone ? nil : c.name, activeOnly: try m.bool("active"), before: try m.int("before"))
                 return Engine.page(gs.map { ($0.id, $0.fields) })
             case "revoke":
                 try m.onlyKeys(["id"])
@@ -222,7 +236,7 @@ public final class Engine: Sendable {
     }
 
     func loadRequest(_ id: Int64) throws(JITError) -> AccessRequest {
-        guard let r = try store.request(id: id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
+        guard let r = try decisions.request(id: id) else { throw JITError(.notFound, "there is no request \(id); list requests with 'jit list'") }
         return r
     }
 
@@ -248,7 +262,19 @@ public final class Engine: Sendable {
         }
         let draft = Draft(environment: m["env"], scope: scope, runAs: m["runas"], duration: secs, reason: m["reason"] ?? "", ticket: m["ticket"], uses: uses)
         if try m.boolField("break_glass") {
+            guard !onControlPlane else {
+                throw JITError(.invalid, "break-glass is local to a host (it must work when the control plane cannot be reached): run jit request --break-glass on the host")
+            }
             return try breakGlass(draft, for: who).request
+        }
+        if onControlPlane {
+            // Filed on the server's socket: for the environment named, every host of it that the rule's labels
+            // allow (the rules see a host holding every label they ask for; the grant keeps the rule's labels).
+            guard let env = m["env"], !env.isEmpty else {
+                throw JITError(.badRequest, "the control plane serves every environment: name one with --env")
+            }
+            let labels = Set(config.policy.effectiveRules.flatMap(\.labels))
+            return try fileDecision(draft, for: who, extending: nil, origin: Filing(host: nil, seq: nil, facts: HostFacts(environment: env, labels: labels), hosts: [])).request
         }
         return try file(draft, for: who)
     }
@@ -259,7 +285,7 @@ public final class Engine: Sendable {
     }
 
     public func cancel(id: Int64, by c: Identity, why: String?) throws(JITError) -> AccessRequest {
-        let r = try store.end(id: id, as: .cancelled, by: c.name, comment: why, at: clock.now()) { r throws(JITError) in
+        let r = try decisions.end(id: id, as: .cancelled, by: c.name, comment: why, at: clock.now()) { r throws(JITError) in
             guard r.user == c.name || c.isRoot else {
                 throw JITError(.unauthorized, "request \(r.id) is not yours; only its owner or root may cancel it")
             }
@@ -273,7 +299,7 @@ public final class Engine: Sendable {
         guard c.isRoot || config.policy.isApprover(c) else {
             throw JITError(.unauthorized, "only root or an approver may revoke a grant")
         }
-        let g = try store.endGrant(id: grantID, as: .revoked, by: c.name, at: clock.now())
+        let g = try decisions.endGrant(id: grantID, as: .revoked, by: c.name, at: clock.now())
         effects.ended(g)
         endSessions(of: g)
         logger.info("grant \(grantID) revoked by \(c.name)")
@@ -365,7 +391,7 @@ public final class Engine: Sendable {
         case .pending:
             return .pending(r)
         case .approved:
-            if let gid = r.grantID, let g = try store.grant(id: gid), g.state == .active, g.expiresAt > clock.now() {
+            if let gid = r.grantID, let g = try decisions.grant(id: gid), g.state == .active, g.expiresAt > clock.now() {
                 return .decided(Message("ok", [
                     ("decision", "allow"), ("request", String(id)), ("state", r.state.rawValue), ("grant", String(g.id)),
                     ("expires_at", Timestamps.format(g.expiresAt)),
@@ -433,13 +459,13 @@ public final class Engine: Sendable {
 
     func status() throws(JITError) -> Message {
         let cfg = config
-        let (p, a) = try store.counts()
+        let (p, a) = try decisions.counts()
         var f: [(String, String)] = [
             ("version", JITVersion.string), ("environment", cfg.environment),
             ("uptime", String(Int64(clock.now().timeIntervalSince(startedAt)))), ("pending", String(p)), ("active_grants", String(a)),
-            ("database", store.path), ("socket", cfg.socket), ("waiters", String(waiterCount)),
+            ("database", decisions.describe), ("socket", cfg.socket), ("waiters", String(waiterCount)),
         ]
-        if let n = try store.nextDeadline() { f.append(("next_expiry", Timestamps.format(n))) }
+        if let n = try decisions.nextDeadline() { f.append(("next_expiry", Timestamps.format(n))) }
         let o = try store.outboxCounts()
         f += [("notify_channels", String(cfg.notify.channels.count)), ("outbox_pending", String(o.pending)), ("outbox_failed", String(o.failed))]
         return Message("ok", f)
@@ -453,21 +479,16 @@ public final class Engine: Sendable {
     public func expireDue() -> Date? {
         let now = clock.now()
         do {
-            for r in try store.expirePending(now: now) {
+            for r in try decisions.expirePending(now: now) {
                 logger.info("request \(r.id) expired unanswered")
                 notifyWaiters(r.id)
             }
-            for g in try store.dueGrants(now: now) {
-                do {
-                    let ended = try store.endGrant(id: g.id, as: .expired, by: nil, at: now)
-                    effects.ended(ended)
-                    endSessions(of: ended)
-                    logger.info("grant \(g.id) of \(g.user) expired")
-                } catch {
-                    logger.warning("grant \(g.id): \(error.message)")
-                }
+            for ended in try decisions.expireDueGrants(now: now) {
+                effects.ended(ended)
+                endSessions(of: ended)
+                logger.info("grant \(ended.id) of \(ended.user) expired")
             }
-            var next = try store.nextDeadline()
+            var next = try decisions.nextDeadline()
             if let e = escalate(now: now), next == nil || e < next! { next = e }
             if let w = warnSessions(), next == nil || w < next! { return w }
             return next

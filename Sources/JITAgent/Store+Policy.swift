@@ -150,9 +150,11 @@ extension Store {
         }
     }
 
-    public func markEscalated(id: Int64, tiers: Int) throws(JITError) {
+    @discardableResult
+    public func markEscalated(id: Int64, tiers: Int) throws(JITError) -> Bool {
         try write { db in
             try db.execute(sql: "UPDATE requests SET escalated = ? WHERE id = ? AND state = 'pending' AND escalated < ?", arguments: [tiers, id, tiers])
+            return db.changesCount > 0
         }
     }
 
@@ -184,8 +186,8 @@ extension Store {
         }
     }
 
-    static let maxOTPFailures = 5
-    static let otpLockout: Int64 = 300
+    public static let maxOTPFailures = 5
+    public static let otpLockout: Int64 = 300
 
     /// Checks a TOTP code of `user` and uses it up: a code (and any older one) is good once. Wrong codes are
     /// counted (committed even though the call fails); after 5 in a row, codes are refused for 5 minutes.

@@ -183,7 +183,7 @@ public final class Store: Sendable {
 
     static let requestColumns = "id, user, uid, environment, scope, commands, runas, duration, reason, state, created_at, expires_at, decided_at, decided_by, comment, rule, rhost, service, approved_via, ticket, extends, uses, record"
 
-    static func scope(_ name: String, _ commands: String) -> Scope {
+    public static func scope(_ name: String, _ commands: String) -> Scope {
         switch name {
         case "login": .login
         case "sudo": .sudo
@@ -324,6 +324,11 @@ public final class Store: Sendable {
         public var grant: Grant?
         /// False when an approval was counted but more are needed.
         public var decided: Bool
+        public init(request: AccessRequest, grant: Grant?, decided: Bool) {
+            self.request = request
+            self.grant = grant
+            self.decided = decided
+        }
     }
 
     /// Ends a pending request as denied, cancelled or expired (the transition is checked in `RequestState`).

@@ -143,6 +143,13 @@ public struct AccessRequest: Equatable, Sendable {
     public var uses: Int?
     /// What sudo records of the grant's uses (the rule's `record`).
     public var record: RecordMode
+    /// Fleet (control plane only): the hosts the request names (empty: every host of the environment its
+    /// rule's labels allow), and the host that filed it with that host's outbox sequence number.
+    public var hosts: [String] = []
+    /// The labels of the rule that admitted it: a grant for every host holds every one of them.
+    public var labels: [String] = []
+    public var filedByHost: String? = nil
+    public var hostSeq: Int64? = nil
 
     public init(
         id: Int64 = 0, user: String, uid: UInt32, environment: String, scope: Scope, runAs: String,
@@ -229,6 +236,10 @@ public struct Grant: Equatable, Sendable {
     public var usesLeft: Int?
     /// What sudo records of the grant's uses.
     public var record: RecordMode
+    /// Fleet (control plane only): the hosts the grant opens (empty: every host of the environment holding
+    /// every label in `labels`, the rule's labels).
+    public var hosts: [String] = []
+    public var labels: [String] = []
 
     public init(
         id: Int64 = 0, requestID: Int64, user: String, uid: UInt32, environment: String, scope: Scope,

@@ -184,24 +184,8 @@ struct APITokenRevoke: AsyncParsableCommand {
     }
 }
 
-/// The people routes' engine and directory for `jitd server run`.
+/// The people routes' directory for `jitd server run` (the engine is the server's own).
 enum ServerPeople {
-    /// An engine over a host-style config and its SQLite database (`--engine-config`), until the server's own
-    /// PostgreSQL engine is wired; nil: no engine (login works, `/v1/call` answers that none is wired).
-    static func services(engineConfig: String?) throws -> PeopleServices {
-        let lookup: @Sendable (String) -> Identity? = { serverDirectory.user(name: $0) }
-        guard let path = engineConfig else { return PeopleServices(call: nil, lookup: lookup) }
-        let config: Config
-        do { config = try Config.load(path: path) } catch {
-            FileHandleErr.write("jitd server: \(error.description)\n")
-            throw ExitCode(1)
-        }
-        let engine: Engine
-        do { engine = Engine(config: config, store: try Store(path: config.database), directory: CachingDirectory()) } catch {
-            FileHandleErr.write("jitd server: \(error.message)\n")
-            throw ExitCode(1)
-        }
-        return PeopleServices(call: { m, id in engine.remoteCall(m, from: id) }, lookup: lookup)
-    }
+    static let services = PeopleServices(call: nil, lookup: { serverDirectory.user(name: $0) })
 }
 #endif

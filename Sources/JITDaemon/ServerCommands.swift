@@ -61,7 +61,6 @@ func printJSON(_ value: some Encodable) {
 struct ServerRun: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the control plane (the default).")
     @OptionGroup var options: ServerOptions
-    @Option(name: .customLong("engine-config"), help: .hidden) var engineConfig: String?
 
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -69,7 +68,7 @@ struct ServerRun: AsyncParsableCommand {
         logger.logLevel = .info
         let config = try options.load()
         do {
-            let app = try FleetServer.buildApplication(config: config, logger: logger, people: try ServerPeople.services(engineConfig: engineConfig))
+            let app = try FleetServer.buildApplication(config: config, logger: logger, people: ServerPeople.services)
             try await app.runService()
         } catch {
             throw fleetFailure(error)
@@ -103,6 +102,7 @@ struct ServerCheckConfig: AsyncParsableCommand {
             let ca = try FleetCA.load(certificatePath: c.caCertificate, keyPath: c.caKey)
             try SecureFiles.checkPrivate(c.tlsKey, what: "tls.key")
             _ = try c.databasePassword()
+            do { _ = try ServerEngine.loadPolicy(c) } catch { throw FleetError("config", error.description) }
             print("\(options.config): OK; public_url \(c.publicURL), listen \(c.listenAddress):\(c.listenPort), fleet CA \(Fingerprint.display(ca.fingerprint)), database '\(c.database.name)' at \(c.database.socketDir ?? "\(c.database.host):\(c.database.port)"), host certificates last \(Durations.format(c.hostCertificateLifetime))")
         } catch {
             throw fleetFailure(error)

@@ -110,6 +110,7 @@ public struct FleetDatabase: Sendable {
             """,
             "CREATE INDEX fleet_audit_at ON fleet_audit (at)",
         ]),
+        (2, PostgresStore.schema),
         (4, peopleSchema),
         // 5 — the web page's one-time links and sessions (issue #15; versions are taken by part, see docs/FLEET.md).
         (5, PostgresWebSessions.schema),

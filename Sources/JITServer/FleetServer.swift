@@ -15,12 +15,24 @@ import X509
 public enum FleetServer {
     /// Loads the CA and the server's TLS identity, and builds the HTTPS application. The PostgreSQL client
     /// runs beside it in the same service group; migrations and the CA check run before the port opens.
-    /// `people` wires the decision engine behind `/v1/call` and the web page, and the server's NSS (#15).
+    /// `people`: the server's NSS for people's tokens and the web page (#15), and (tests) another engine behind
+    /// `/v1/call` and the web page than the server's own.
     public static func buildApplication(config: ServerConfig, logger: Logger, people: PeopleServices = .none) throws(FleetError) -> some ApplicationProtocol {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
         let db = try FleetDatabase(config: config, logger: logger)
+        // The decision engine over PostgreSQL: the approvers' socket, the timer, and `HostFiling` for the host routes.
+        let decide = try ServerEngine(config: config, db: db, logger: logger)
         let router = Router(context: FleetContext.self)
+        // People's calls (#15) run through the same engine, on its pool of plain threads, as the token's user.
+        var people = people
+        if people.call == nil {
+            people.call = { m, id in
+                do throws(FleetError) { return try await decide.onPool { decide.engine.remoteCall(m, from: id) } } catch {
+                    return .error(.busy, error.message)
+                }
+            }
+        }
         FleetAPI(ca: ca, db: db, config: config, web: WebServices.wired(people: people, db: db)).addRoutes(to: router)
         PeopleAPI(db: db, config: config, services: people).addRoutes(to: router)
         let server: HTTPServerBuilder
@@ -30,11 +42,12 @@ public enum FleetServer {
         var app = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(config.listenAddress, port: config.listenPort), serverName: nil),
-            services: [db.client], logger: logger)
+            services: [db.client, EngineService(engine: decide)], logger: logger)
         app.beforeServerStarts {
             let applied = try await db.migrate()
             if !applied.isEmpty { logger.info("applied schema migrations \(applied.map(String.init).joined(separator: ", "))") }
             try await db.bind(ca: ca)
+            try decide.start()
             logger.info("fleet CA \(Fingerprint.display(ca.fingerprint)); listening on \(config.listenAddress):\(config.listenPort) for \(config.publicURL)")
         }
         return app
@@ -99,5 +112,14 @@ public enum FleetServer {
         let uid = getuid()
         let name = getpwuid(uid).map { String(cString: $0.pointee.pw_name) } ?? "?"
         return "uid \(uid) (\(name)) on the server host"
+    }
+}
+
+/// Stops the decision engine (its socket, timer and scratch folder) when the server shuts down.
+struct EngineService: Service {
+    let engine: ServerEngine
+    func run() async throws {
+        try? await gracefulShutdown()
+        engine.stop()
     }
 }

@@ -37,6 +37,11 @@ public struct ServerConfig: Equatable, Sendable {
     /// People (`login:`): how long a `jit login` lasts, and an optional allowed_signers file read at each login.
     public var loginTokenTTL: Int64 = 12 * 3600
     public var allowedSigners: String? = nil
+    /// The policy the control plane decides by: a YAML file with jit.yaml's policy keys (`rules:`,
+    /// `policy:`, `break_glass:`, `pending_ttl:`, `limits:`); nil: the built-in default policy.
+    public var policyPath: String? = nil
+    /// The control plane's own Unix socket: `jit --socket PATH list|show|approve|deny|grants|revoke` on the server.
+    public var socket: String = "/run/jit/server.sock"
 
     public init() {}
 
@@ -61,7 +66,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "login"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket", "login"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -120,6 +125,8 @@ public struct ServerConfig: Equatable, Sendable {
             }
             if let v = m["allowed_signers"]?.1 { c.allowedSigners = try r.absolutePath(v, path: "login.allowed_signers") }
         }
+        if let v = top["policy"]?.1 { c.policyPath = try r.absolutePath(v, path: "policy") }
+        if let v = top["socket"]?.1 { c.socket = try r.absolutePath(v, path: "socket") }
         return c
     }
 

@@ -1,7 +1,7 @@
 """Approving from anywhere (#15): `jit login` with an SSH key in a real ssh-agent, then jit against the control plane.
 
 The approver is a user with no login on any host: only a key registered on the server and a real ssh-agent.
-The server runs a real PostgreSQL (people, nonces, tokens) and an engine behind /v1/call.
+The server runs a real PostgreSQL (people, nonces, tokens, decisions) and its own engine behind /v1/call.
 """
 import json
 import os
@@ -14,35 +14,53 @@ import time
 
 import pytest
 
-from conftest import JIT, JITD, REPO, needs_root, run
+from conftest import JIT, needs_root, run
 from fleet import ControlPlane, pg  # noqa: F401 (pg is a fixture)
 
 pytestmark = needs_root
 
 
-class PeoplePlane(ControlPlane):
-    """A control plane whose /v1/call runs an engine over its own policy (a jit.yaml and its database)."""
+POLICY = """pending_ttl: 1h
+rules:
+"""
 
-    def __init__(self, pg, tmp, extra=""):
+RULES = """  - name: anywhere
+    requesters: {groups: [jit-requesters]}
+    scopes: [login, sudo]
+    max_duration: 4h
+    approvals: {groups: [jit-approvers]}
+"""
+
+
+class PeoplePlane(ControlPlane):
+    """A control plane with a policy; /v1/call runs its own engine (PostgreSQL), as the token's user."""
+
+    def __init__(self, pg, tmp, rules=RULES, signers=False):
+        self.rules = rules
+        self.signers = signers
         super().__init__(pg, tmp)
         # What an approver is handed: the fleet CA, outside the server's private folder.
         self.ca = shutil.copy(self.ca, os.path.join(tmp, os.path.basename(self.dir) + "-ca.pem"))
         os.chmod(self.ca, 0o644)
-        with open(os.path.join(REPO, "packaging", "jit.yaml")) as f:
-            text = f.read()
-        text = re.sub(r"(?m)^database: .*$", f"database: {self.dir}/engine.db", text)
-        text = re.sub(r"(?m)^socket: .*$", f"socket: {self.dir}/unused.sock", text)
-        # The interim engine is a single environment's (the server's own PostgreSQL engine decides for all).
-        text = re.sub(r"(?m)^environment: .*$", "environment: staging", text)
-        self.engine_config = os.path.join(self.dir, "engine.yaml")
-        with open(self.engine_config, "w") as f:
-            f.write(text + extra)
 
-    def spawn(self, i=0):
-        log = open(os.path.join(self.dir, f"server{i}.log"), "ab")
-        proc = subprocess.Popen([JITD, "server", "--config", self.config, "--engine-config", self.engine_config], stdout=log, stderr=subprocess.STDOUT)
-        self.replicas.append((proc, self.ports[i], os.path.join(self.dir, f"server{i}.log")))
-        return proc
+    def write_config(self, port, name=None, extra=""):
+        policy = os.path.join(self.dir, "policy.yaml")
+        with open(policy, "w") as f:
+            f.write(POLICY + self.rules)
+        os.chmod(policy, 0o644)
+        sock = os.path.join(self.dir, f"{name or 'server'}.sock")
+        if self.signers:
+            extra += f"login:\n  allowed_signers: {self.allowed_signers}\n"
+        return super().write_config(port, name, extra + f"policy: {policy}\nsocket: {sock}\n")
+
+    @property
+    def allowed_signers(self):
+        return os.path.join(self.dir, "allowed_signers")
+
+    def write_signers(self, text):
+        with open(self.allowed_signers, "w") as f:
+            f.write(text)
+        os.chmod(self.allowed_signers, 0o644)
 
 
 class Person:
@@ -128,7 +146,7 @@ def test_an_approver_with_only_a_key_logs_in_lists_and_approves(plane, persons):
     assert rows and all(token not in r[0] for r in rows)
     # Alice files through the server too (her login), with the same flags and output as on a host.
     assert alice.login().returncode == 0
-    p = alice.jit("request", "--for", "30m", "--reason", "deploy 4411", "--json")
+    p = alice.jit("request", "--env", "staging", "--for", "30m", "--reason", "deploy 4411", "--json")
     assert p.returncode == 0, p.stderr
     rid = json.loads(p.stdout)["id"]
     p = bob.jit("list", "--pending")
@@ -268,8 +286,7 @@ def test_a_user_the_server_no_longer_knows_cannot_log_in_or_call(plane, persons,
 
 def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
     from test_policy_e2e import totp
-    cp = PeoplePlane(pg, tmpdir_root, extra="""rules:
-  - name: mfa-login
+    cp = PeoplePlane(pg, tmpdir_root, rules="""  - name: mfa-login
     requesters: {groups: [jit-requesters]}
     scopes: [login]
     approvals: {groups: [jit-approvers], mfa: true}
@@ -285,7 +302,7 @@ def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
         for p in made:
             p.register()
             assert p.login().returncode == 0
-        rid = json.loads(alice.jit("request", "--for", "30m", "--reason", "x", "--json").stdout)["id"]
+        rid = json.loads(alice.jit("request", "--env", "staging", "--for", "30m", "--reason", "x", "--json").stdout)["id"]
         p = bob.jit("approve", str(rid))
         assert p.returncode == 5 and "--otp" in p.stderr, p.stderr
         p = bob.jit("mfa", "enroll")
@@ -297,11 +314,54 @@ def test_mfa_stays_in_the_approval_over_the_server(pg, tmpdir_root):
         p = bob.jit("approve", str(rid), "--otp", code)
         assert p.returncode == 0 and "approved" in p.stdout, p.stderr
         # The same code again is a replay, refused by the server's engine.
-        r2 = json.loads(alice.jit("request", "--for", "30m", "--reason", "y", "--json").stdout)["id"]
+        r2 = json.loads(alice.jit("request", "--env", "staging", "--for", "30m", "--reason", "y", "--json").stdout)["id"]
         p = bob.jit("approve", str(r2), "--otp", code)
         assert p.returncode == 5 and "already used" in p.stderr, p.stderr
     finally:
         for p in made:
             p.stop()
         users.cleanup()
+        cp.stop()
+
+
+def test_failed_logins_are_rate_limited_per_user(plane, persons):
+    import requests
+    dave = persons("dave")
+    dave.register()
+
+    def post(path, body):
+        return requests.post(plane.url + path, json=body, verify=plane.ca, timeout=30)
+    for _ in range(10):
+        ch = post("/v1/login/challenge", {"user": dave.name}).json()
+        r = post("/v1/login", {"user": dave.name, "nonce": ch["nonce"], "signature": "not a signature"})
+        assert r.status_code == 401, r.text
+    # Now even the right key is refused for a while, with a sentence saying why.
+    p = dave.login()
+    assert p.returncode == 5 and "too many failed logins" in p.stderr, p.stderr
+
+
+def test_an_allowed_signers_file_is_read_at_each_login(pg, tmpdir_root, users):
+    cp = PeoplePlane(pg, tmpdir_root, signers=True)
+    cp.start()
+    made = []
+    try:
+        bob = Person(users.user("bob", ["jit-approvers"]), cp)
+        dave = Person(users.user("dave", ["jit-approvers"]), cp)
+        made += [bob, dave]
+        # Missing file: nobody through it; a key registered in PostgreSQL still works.
+        assert bob.login().returncode == 5
+        dave.register()
+        assert dave.login().returncode == 0
+        cp.write_signers(f"# laptops\n{bob.name} namespaces=\"jit\" {open(bob.pub).read()}")
+        p = bob.login()
+        assert p.returncode == 0, p.stderr
+        # A broken line stops the whole file (the log names the line); registered keys are untouched.
+        cp.write_signers(f"{bob.name} cert-authority {open(bob.pub).read()}")
+        assert bob.login().returncode == 5
+        assert dave.login().returncode == 0
+        log = open(cp.replicas[0][2]).read()
+        assert "allowed_signers:1: cert-authority is not supported" in log, log[-2000:]
+    finally:
+        for p in made:
+            p.stop()
         cp.stop()
