@@ -6,7 +6,7 @@ with a `jit login` token): the link asks before it signs in, works once, and set
 Screenshots go to $JIT_WEB_SHOTS (default: the test's temp folder) for a person to look at.
 
 Deciding: an approver logged in with `jit login` (an SSH key in a real ssh-agent) runs `jit web`, opens the
-link, and approves a request with a TOTP code, against the engine behind /v1/call (`--engine-config`).
+link, and approves a request with a TOTP code, against the server's own engine (PostgreSQL).
 """
 import json
 import os
@@ -135,8 +135,7 @@ def test_every_page_carries_a_strict_policy_and_a_form_without_its_csrf_token_do
     assert r.status_code == 401
 
 
-MFA_RULE = """rules:
-  - name: web-mfa
+MFA_RULE = """  - name: web-mfa
     requesters: {groups: [jit-requesters]}
     scopes: [login, sudo]
     max_duration: 2h
@@ -147,7 +146,7 @@ MFA_RULE = """rules:
 @pytest.fixture
 def plane(pg, tmpdir_root):
     from test_login_e2e import PeoplePlane
-    cp = PeoplePlane(pg, tmpdir_root, extra=MFA_RULE)
+    cp = PeoplePlane(pg, tmpdir_root, rules=MFA_RULE)
     cp.start()
     yield cp
     cp.stop()
@@ -163,7 +162,7 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
             r = p.login()
             assert r.returncode == 0, r.stderr
         reason = "<script>document.title='pwned'</script> deploy 4411"
-        r = alice.jit("request", "--sudo", "--for", "30m", "--reason", reason, "--json")
+        r = alice.jit("request", "--env", "staging", "--sudo", "--for", "30m", "--reason", reason, "--json")
         assert r.returncode == 0, r.stderr
         rid = json.loads(r.stdout)["id"]
         r = bob.jit("mfa", "enroll")
