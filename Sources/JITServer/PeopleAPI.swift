@@ -92,7 +92,11 @@ struct PeopleAPI: Sendable {
             let body = try await request.decode(as: FleetWire.LoginChallengeRequest.self, context: context)
             try checkUser(body.user)
             try await admit(user: body.user, peer: Self.address(context.peer))
-            let (nonce, exp) = try await db.createNonce(user: body.user, peer: Self.address(context.peer), ttl: Self.nonceTTL)
+            let (nonce, exp): (String, Date)
+            do throws(FleetError) { (nonce, exp) = try await db.createNonce(user: body.user, peer: Self.address(context.peer), ttl: Self.nonceTTL) } catch {
+                if error.code == "rate_limited" { throw APIError(.tooManyRequests, error.code, error.message) }
+                throw error
+            }
             return try FleetAPI.json(FleetWire.LoginChallenge(user: body.user, nonce: nonce, namespace: FleetWire.loginNamespace, server: config.publicURL, expiresAt: Timestamps.format(exp)))
         }
         router.post("v1/login") { request, context in

@@ -197,11 +197,20 @@ extension FleetDatabase {
         try? await audit("login_refused", actor: "peer:\(peer)", data: ["user": user, "code": code, "reason": reason])
     }
 
-    /// A new nonce for `user`, single use, valid `ttl` seconds; only its hash is stored.
-    public func createNonce(user: String, peer: String, ttl: Int64) async throws(FleetError) -> (nonce: String, expiresAt: Date) {
+    /// A new nonce for `user`, single use, valid `ttl` seconds; only its hash is stored. Refused when the user
+    /// or the peer already holds `maxOpen` unused, unexpired ones (anyone may ask: the table must stay small).
+    public func createNonce(user: String, peer: String, ttl: Int64, maxOpen: Int = 20) async throws(FleetError) -> (nonce: String, expiresAt: Date) {
         let nonce = PeopleSecrets.random("n_"), h = PeopleSecrets.hash(nonce), secs = Double(ttl)
         do {
             try await client.query("DELETE FROM login_nonces WHERE expires_at < now() - interval '1 hour'", logger: logger)
+            var open = (0, 0)
+            for try await (u, p) in try await client.query("""
+                SELECT count(*) FILTER (WHERE user_name = \(user))::int, count(*) FILTER (WHERE peer = \(peer))::int
+                FROM login_nonces WHERE used_at IS NULL AND expires_at > now() AND (user_name = \(user) OR peer = \(peer))
+                """, logger: logger).decode((Int, Int).self) { open = (u, p) }
+            if open.0 >= maxOpen || open.1 >= maxOpen * 3 {
+                throw FleetError("rate_limited", "too many open login challenges for \(open.0 >= maxOpen ? "user \(user)" : "this address"); finish or wait a minute")
+            }
             var exp = Date()
             for try await e in try await client.query(
                 "INSERT INTO login_nonces (nonce_hash, user_name, peer, expires_at) VALUES (\(h), \(user), \(peer), now() + make_interval(secs => \(secs))) RETURNING expires_at",

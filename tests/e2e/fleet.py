@@ -90,6 +90,9 @@ class ControlPlane:
 
     def write_config(self, port, name=None, extra=""):
         path = os.path.join(self.dir, name or "server.yaml")
+        if "\nsocket:" not in "\n" + extra:
+            # Each replica its own approvers' socket (the default, /run/jit/server.sock, is one per machine).
+            extra += f"socket: {path[:-len('.yaml')]}.sock\n"
         text = f"""listen:
   address: 127.0.0.1
   port: {port}

@@ -365,3 +365,11 @@ def test_an_allowed_signers_file_is_read_at_each_login(pg, tmpdir_root, users):
         for p in made:
             p.stop()
         cp.stop()
+
+
+def test_open_login_challenges_are_capped(plane):
+    import requests
+    # Anyone may ask for a challenge (the user need not exist), so the open ones are capped per user and address.
+    user = "nobody-" + os.path.basename(plane.dir)
+    codes = [requests.post(plane.url + "/v1/login/challenge", json={"user": user}, verify=plane.ca, timeout=30).status_code for _ in range(21)]
+    assert codes[:20] == [200] * 20 and codes[20] == 429, codes
