@@ -120,6 +120,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
+            // The OpenAPI spec, served at GET /v1/openapi.yaml and checked against the router by a test.
+            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strict
         ),
         // The command tree of `jitd` (run, check-config, revoke-all, server, enrol).
@@ -155,16 +157,20 @@ let package = Package(
                 "JITCore",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict
         ),
         .testTarget(name: "JITSudoersTests", dependencies: ["JITSudoers"], swiftSettings: strict),
         .testTarget(
             name: "JITAgentTests",
-            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore.
+            // JITServer: the decision-store conformance suite runs the same tests against PostgresStore, and the
+            // web page runs over the real engine (WebEngineTests).
             dependencies: [
                 "JITAgent", "JITCore", "JITServer", "JITFleet", .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict
         ),

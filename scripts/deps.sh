@@ -13,6 +13,8 @@ PKGS="$PKGS dpkg-dev xz-utils lintian systemd"
 # TLS for notifications (swift-nio-ssl links BoringSSL itself; the system CA bundle is what it verifies against),
 # a sendmail-compatible MTA for the mail tests, and PostgreSQL for the fleet's tests.
 PKGS="$PKGS ca-certificates openssl msmtp msmtp-mta postgresql"
+# The web approval page is driven in a real headless browser (tests/e2e/test_web_e2e.py).
+PKGS="$PKGS chromium chromium-driver"
 if [ -n "${JIT_DEPS_EXTRA:-}" ]; then PKGS="$PKGS $JIT_DEPS_EXTRA"; fi
 
 updated=""
@@ -62,6 +64,9 @@ py_module psycopg python3-psycopg "psycopg[binary]"
 # The fleet's end-to-end tests speak HTTPS to the control plane as a host would, and craft CSRs and certificates.
 py_module requests python3-requests requests
 py_module cryptography python3-cryptography cryptography
+# The web page through headless Chromium; the API against its OpenAPI spec (tests/e2e/test_openapi_e2e.py).
+py_module selenium python3-selenium selenium
+py_module schemathesis - schemathesis
 
 if ! command -v swift >/dev/null 2>&1; then
     echo "deps: swift is not on PATH; add the Swift 6 toolchain (e.g. export PATH=/opt/swift/usr/bin:\$PATH)" >&2

@@ -34,9 +34,14 @@ public final class Notifications: Sendable {
     /// Deliveries in flight at once within one channel.
     static let laneCount = 4
 
+    /// The control plane's public URL (`public_url`): messages about a request link to its web page.
+    /// Nil on a single host, which has no web page.
+    let publicURL: String?
+
     public init(engine: Engine, transport: (any NotifyTransport)? = nil, hostname: String? = nil,
-                members: (@Sendable (String) -> [String])? = nil) {
+                members: (@Sendable (String) -> [String])? = nil, publicURL: String? = nil) {
         self.engine = engine
+        self.publicURL = publicURL.flatMap { $0.isEmpty ? nil : $0 }
         let h = hostname ?? Notifications.systemHostname()
         self.hostname = h
         self.transport = transport ?? LiveTransport(hostname: h)
@@ -133,7 +138,8 @@ public final class Notifications: Sendable {
         let details = ev == .expiring ? [] : data.filter { ["why", "what", "file", "dir", "count"].contains($0.0) }
         return NotifyFacts(eventID: e.id, event: ev, kind: e.kind, at: e.date, host: hostname, environment: r?.environment ?? cfg.environment,
                            actor: e.actor, user: e.user, request: r, grantID: grantID, grantExpiresAt: expires, approverGroups: groups,
-                           tier: tier, details: details)
+                           tier: tier, details: details,
+                           pageURL: r.flatMap { r in publicURL.map { "\($0)/web/requests/\(r.id)" } })
     }
 
     func messages(for e: AuditEvent, _ cfg: Config) -> [(channel: String, kind: String, payload: String, recipients: [String])] {

@@ -29,7 +29,7 @@ public struct JIT: ParsableCommand {
         version: JITVersion.cliString,
         subcommands: [
             Request.self, Run.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Grants.self, Revoke.self, Extend.self, Status.self,
-            PolicyCommand.self, MFA.self, Audit.self, Replay.self, Login.self, Logout.self,
+            PolicyCommand.self, MFA.self, Audit.self, Replay.self, Login.self, Logout.self, Web.self,
         ]
     )
     public init() {}

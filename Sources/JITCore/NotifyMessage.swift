@@ -22,10 +22,12 @@ public struct NotifyFacts: Sendable {
     public var tier: Int?
     /// The audit event's data (e.g. `why` of a failed sudoers write).
     public var details: [(String, String)]
+    /// The request's page on the control plane's web page (`PUBLIC_URL/web/requests/ID`), when it has one.
+    public var pageURL: String?
 
     public init(eventID: Int64, event: NotifyEvent, kind: String, at: Date, host: String, environment: String, actor: String, user: String,
                 request: AccessRequest? = nil, grantID: Int64? = nil, grantExpiresAt: Date? = nil, approverGroups: [String] = [],
-                tier: Int? = nil, details: [(String, String)] = []) {
+                tier: Int? = nil, details: [(String, String)] = [], pageURL: String? = nil) {
         self.eventID = eventID
         self.event = event
         self.kind = kind
@@ -40,6 +42,7 @@ public struct NotifyFacts: Sendable {
         self.approverGroups = approverGroups
         self.tier = tier
         self.details = details
+        self.pageURL = pageURL
     }
 }
 
@@ -130,6 +133,7 @@ public enum NotifyRender {
             lines.append("Approve: \(cmds[0])")
             lines.append("Deny:    \(cmds[1])")
         }
+        if let u = f.pageURL { lines.append("Page:    \(u)") }
         return lines.joined(separator: "\n")
     }
 
@@ -139,6 +143,7 @@ public enum NotifyRender {
         for (l, v, _) in details(f) { lines.append("*\(l):* \(slackEscape(v))") }
         let cmds = commands(f)
         if !cmds.isEmpty { lines.append("Approve: `\(cmds[0])`   Deny: `\(cmds[1])`") }
+        if let u = f.pageURL { lines.append("<\(slackEscape(u))|Open request \(f.request.map { String($0.id) } ?? "") on the web page>") }
         return json(["text": lines.joined(separator: "\n")])
     }
 
@@ -169,6 +174,7 @@ public enum NotifyRender {
         if let t = f.tier { o["tier"] = t }
         let cmds = commands(f)
         if !cmds.isEmpty { o["approve_command"] = cmds[0]; o["deny_command"] = cmds[1] }
+        if let u = f.pageURL { o["page_url"] = u }
         if !f.details.isEmpty { o["details"] = Dictionary(f.details, uniquingKeysWith: { a, _ in a }) }
         return json(o)
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import JITCore
+import JITAgent
 import JITFleet
 #if !JIT_HOST_ONLY
 import JITServer
@@ -11,7 +12,7 @@ struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server",
         abstract: "The fleet's control plane: HTTPS API for enrolled hosts, on PostgreSQL (see jitd-server(8)).",
-        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self, ServerKey.self],
+        subcommands: [ServerRun.self, ServerInit.self, ServerCheckConfig.self, ServerToken.self, ServerHost.self, ServerKey.self, ServerWeb.self],
         defaultSubcommand: ServerRun.self)
 }
 
@@ -198,6 +199,36 @@ struct TokenRevoke: AsyncParsableCommand {
         let ok = try await withServerDatabase(config) { db, _ in try await db.revokeToken(id: id, by: FleetServer.actor()) }
         guard ok else { throw fleetFailure(FleetError("not_found", "no unused, unrevoked join token has id \(id); see 'jitd server token list'")) }
         print("jitd: token \(id) revoked")
+    }
+}
+
+struct ServerWeb: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "web", abstract: "The web approval page.", subcommands: [WebLinkCommand.self])
+}
+
+struct WebLinkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "link",
+        abstract: "Print a one-time sign-in link to the web page for USER (valid 60 s, works once).",
+        discussion: "For the server's admin; people signed in with 'jit login' use 'jit web' instead. USER must be known to this server's NSS.")
+    @OptionGroup var options: ServerOptions
+    @Argument(help: "The user the link signs in.") var user: String
+
+    func run() async throws {
+        let config = try options.load()
+        guard let id = serverDirectory.user(name: user) else {
+            throw fleetFailure(FleetError("not_found", "the user '\(user)' is not known to this server (getent passwd \(user)); the web page signs in only users the server knows"))
+        }
+        guard !id.isRoot else { throw fleetFailure(FleetError("usage", "root does not act over the network; use the server's own socket")) }
+        let user = self.user
+        let link = try await withServerDatabase(config) { db, _ in
+            let l = try await WebRoutes.makeLink(user: user, login: nil, sessions: PostgresWebSessions(db: db), now: Date(), publicURL: config.publicURL)
+            try await db.audit("web_link", actor: FleetServer.actor(), data: ["user": user, "expires_at": l.expiresAt])
+            return l
+        }
+        print(link.url)
+        FileHandleErr.write("jitd: the link signs in \(user) once, until \(link.expiresAt)\n")
     }
 }
 

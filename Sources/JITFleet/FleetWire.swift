@@ -279,4 +279,18 @@ extension FleetWire {
         public var acked: Int64
         public init(acked: Int64) { self.acked = acked }
     }
+
+    /// `POST /v1/web/link` (bearer token of `jit login`): a one-time sign-in link for the web page, valid 60 s.
+    public struct WebLink: Codable, Sendable, Equatable {
+        public var url: String
+        public var expiresAt: String
+        enum CodingKeys: String, CodingKey {
+            case url
+            case expiresAt = "expires_at"
+        }
+        public init(url: String, expiresAt: String) {
+            self.url = url
+            self.expiresAt = expiresAt
+        }
+    }
 }

@@ -32,6 +32,11 @@ public struct PeopleClient: Sendable {
         let _: FleetWire.Done = try await send("/v1/logout", [String: String](), token: token, timeout: 30)
     }
 
+    /// A one-time sign-in link to the web approval page (`POST /v1/web/link`; a login's token only).
+    public func webLink(token: String) async throws(FleetError) -> FleetWire.WebLink {
+        try await send("/v1/web/link", [String: String](), token: token, timeout: 30)
+    }
+
     /// One protocol message through `POST /v1/call`; an engine's refusal comes back as a FleetError whose
     /// code is the protocol's (`unauthorized`, `not-found`, ...), with the engine's sentence.
     public func call(_ m: Message, token: String, timeout: Double) async throws(FleetError) -> Message {

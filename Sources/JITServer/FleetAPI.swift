@@ -135,6 +135,7 @@ struct FleetAPI: Sendable {
     let config: ServerConfig
     let stream: StreamHub
     let filing: (any HostFiling)?
+    let web: WebServices
 
     func bundle(_ h: HostRecord, _ cert: Certificate) throws -> FleetWire.CertificateBundle {
         FleetWire.CertificateBundle(name: h.name, environment: h.environment, labels: h.labels, serial: h.serial,
@@ -150,6 +151,10 @@ struct FleetAPI: Sendable {
     func addRoutes(to router: Router<FleetContext>) {
         router.add(middleware: ErrorShapeMiddleware())
         // No client certificate: the CA (public) and enrolment (the join token is the credential).
+        router.get("v1/openapi.yaml") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_yaml)))
+        }
+        WebRoutes(services: web, publicURL: config.publicURL).addRoutes(to: router)
         router.get("v1/ca") { _, _ in
             try Self.json(FleetWire.CA(certificate: ca.pem, fingerprint: Fingerprint.display(ca.fingerprint)))
         }

@@ -113,6 +113,8 @@ public struct FleetDatabase: Sendable {
         (2, PostgresStore.schema),
         (3, streamMigration),
         (4, peopleSchema),
+        // 5 — the web page's one-time links and sessions (issue #15; versions are taken by part, see docs/FLEET.md).
+        (5, PostgresWebSessions.schema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.

@@ -1,3 +1,4 @@
+import Synchronization
 public import Foundation
 public import JITFleet
 import JITCore
@@ -193,11 +194,20 @@ extension FleetDatabase {
 
     /// The row of the host a certificate names, when the certificate is the host's current or previous one
     /// and the host is not revoked. Called on every authenticated request (a read; `touch` marks it seen).
+    /// How long checking a host's certificate against PostgreSQL may take before the call is refused (503).
+    static let authenticateDeadline: Duration = .seconds(5)
+
     public func authenticate(name: String, serial: String) async throws(FleetError) -> HostRecord {
         let rows: [HostRecord]
         do {
-            rows = try await hosts(try await client.query(
-                "SELECT \(unescaped: Self.hostColumns) FROM hosts WHERE name = \(name)", logger: logger))
+            // Bounded: with PostgreSQL away the pool would hold the call until a connection comes; a host must
+            // hear at once that the control plane cannot serve it (503), so it tells its users and retries.
+            rows = try await FleetDatabase.within(Self.authenticateDeadline) {
+                try await self.hosts(try await self.client.query(
+                    "SELECT \(unescaped: Self.hostColumns) FROM hosts WHERE name = \(name)", logger: self.logger))
+            }
+        } catch is DeadlineExceeded {
+            throw FleetError("database", "the control plane cannot reach its PostgreSQL (\(describe)) to check host '\(name)'; it answers again when the database is back")
         } catch {
             throw failure(error, doing: "checking the host")
         }
@@ -257,3 +267,42 @@ extension FleetDatabase {
     }
 }
 
+
+
+/// `FleetDatabase.within` ran out of time.
+struct DeadlineExceeded: Error {}
+
+/// One answer to one waiting caller, from whichever side comes first.
+final class FirstAnswer<T: Sendable>: Sendable {
+    private let waiting = Mutex<CheckedContinuation<T, any Error>?>(nil)
+    private let other = Mutex<Task<Void, Never>?>(nil)
+    func wait(_ k: CheckedContinuation<T, any Error>) { waiting.withLock { $0 = k } }
+    func setOther(_ t: Task<Void, Never>) { other.withLock { $0 = t } }
+    /// Answers the caller if nobody has yet; true when this call did.
+    @discardableResult
+    func answer(_ r: Result<T, any Error>) -> Bool {
+        guard let k = waiting.withLock({ $0.take() }) else { return false }
+        other.withLock { $0 }?.cancel()
+        k.resume(with: r)
+        return true
+    }
+}
+
+extension FleetDatabase {
+    /// Runs `body`, or throws `DeadlineExceeded` after `limit` and cancels it. The caller is answered at the
+    /// deadline even when the body does not stop at once (a pool waiting for a connection).
+    static func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let first = FirstAnswer<T>()
+        return try await withCheckedThrowingContinuation { (k: CheckedContinuation<T, any Error>) in
+            first.wait(k)
+            let work = Task {
+                do { first.answer(.success(try await body())) } catch { first.answer(.failure(error)) }
+            }
+            first.setOther(Task {
+                try? await Task.sleep(for: limit)
+                guard !Task.isCancelled else { return }
+                if first.answer(.failure(DeadlineExceeded())) { work.cancel() }
+            })
+        }
+    }
+}

@@ -16,7 +16,8 @@ public enum FleetServer {
     /// Loads the CA and the server's TLS identity, and builds the HTTPS application. The PostgreSQL client
     /// runs beside it in the same service group; migrations and the CA check run before the port opens.
     /// `filing` is the decision engine behind `POST /v1/requests` (none: this server's own `ServerEngine`);
-    /// `people`: the server's NSS for people's tokens (#15), and (tests) another engine behind `/v1/call`.
+    /// `people`: the server's NSS for people's tokens and the web page (#15), and (tests) another engine behind
+    /// `/v1/call` and the web page than the server's own.
     public static func buildApplication(config: ServerConfig, logger: Logger, filing: (any HostFiling)? = nil, people: PeopleServices = .none) throws(FleetError) -> some ApplicationProtocol {
         let ca = try FleetCA.load(certificatePath: config.caCertificate, keyPath: config.caKey)
         let tls = try tlsConfiguration(config: config, ca: ca)
@@ -25,7 +26,6 @@ public enum FleetServer {
         let decide = try ServerEngine(config: config, db: db, logger: logger)
         let hub = StreamHub(db: db, limits: config.streamLimits, logger: logger)
         let router = Router(context: FleetContext.self)
-        FleetAPI(ca: ca, db: db, config: config, stream: hub, filing: filing ?? decide).addRoutes(to: router)
         // People's calls (#15) run through the same engine, on its pool of plain threads, as the token's user.
         var people = people
         if people.call == nil {
@@ -35,6 +35,7 @@ public enum FleetServer {
                 }
             }
         }
+        FleetAPI(ca: ca, db: db, config: config, stream: hub, filing: filing ?? decide, web: WebServices.wired(people: people, db: db)).addRoutes(to: router)
         PeopleAPI(db: db, config: config, services: people).addRoutes(to: router)
         let server: HTTPServerBuilder
         do { server = try .tls(.http1(), tlsConfiguration: tls) } catch {

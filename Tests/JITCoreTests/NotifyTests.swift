@@ -63,6 +63,18 @@ import Testing
         #expect(r["reason"] as? String == Self.request.reason && r["duration_seconds"] as? Int == 5400 && r["scope"] as? String == "sudo")
     }
 
+    @Test func messagesLinkToTheRequestsWebPageWhenThereIsOne() throws {
+        #expect(!NotifyRender.plain(Self.facts()).contains("Page:"))
+        #expect((try JSONSerialization.jsonObject(with: Data(NotifyRender.webhook(Self.facts()).utf8)) as? [String: Any])?["page_url"] == nil)
+        var f = Self.facts()
+        f.pageURL = "https://jit.example.org:8443/web/requests/12"
+        #expect(NotifyRender.plain(f).hasSuffix("\nPage:    https://jit.example.org:8443/web/requests/12"))
+        let o = try #require(try JSONSerialization.jsonObject(with: Data(NotifyRender.webhook(f).utf8)) as? [String: Any])
+        #expect(o["page_url"] as? String == "https://jit.example.org:8443/web/requests/12")
+        let text = try #require((try JSONSerialization.jsonObject(with: Data(NotifyRender.slack(f).utf8)) as? [String: String])?["text"])
+        #expect(text.contains("<https://jit.example.org:8443/web/requests/12|Open request 12 on the web page>"))
+    }
+
     @Test func emailHeadersRefuseCRLFAndTheSubjectHasNoUserText() throws {
         #expect(throws: EmailMessage.Refused.self) { _ = try EmailMessage.header("Subject", "hi\r\nBcc: victim@evil.org") }
         #expect(throws: EmailMessage.Refused.self) { _ = try EmailMessage.header("Subject", "hi\nBcc: victim@evil.org") }

@@ -158,10 +158,6 @@ def test_postgresql_stopped_hosts_keep_cached_grants_and_resume(fleet, team, pg)
     assert ssh_ok(s1, alice)
 
 
-@pytest.mark.xfail(strict=True, reason="found 2026-12-02: with PostgreSQL stopped and the replicas up, the host's send of a "
-                   "filing gets no answer (the server waits on its pool instead of answering 503 at once), so the host never "
-                   "says the control plane cannot be reached; parts: f-stream/f-decide (fail fast), f-host (a send pending "
-                   "too long counts as unreachable)")
 def test_postgresql_stopped_a_new_request_is_told_it_is_queued(fleet, team, pg):
     carl = team["carl"]
     fleet.add("h1", PROD)
