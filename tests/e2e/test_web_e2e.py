@@ -40,6 +40,8 @@ def browser(tmpdir_root):
     driver_path = shutil.which("chromedriver")
     chrome = shutil.which("chromium") or shutil.which("chromium-browser")
     if not driver_path or not chrome:
+        if os.geteuid() == 0:  # CI (root) always runs the browser tests: deps.sh installs chromium there
+            pytest.fail("chromium and chromium-driver are not installed: run scripts/deps.sh")
         pytest.skip("chromium and chromium-driver are not installed (scripts/deps.sh installs them)")
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
