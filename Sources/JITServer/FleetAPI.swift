@@ -60,7 +60,9 @@ public struct APIError: HTTPResponseError {
             status = .forbidden
         case "client_certificate_required", "bad_certificate": status = .unauthorized
         case "host_exists", "conflict": status = .conflict
-        case "invalid_token", "invalid_csr", "invalid_name", "bad_request": status = .badRequest
+        // "invalid" and "unauthorized" are the decision engine's refusals (its ErrorCode), passed on as they are.
+        case "invalid_token", "invalid_csr", "invalid_name", "bad_request", "invalid": status = .badRequest
+        case "unauthorized": status = .forbidden
         case "not_found": status = .notFound
         case "too_large": status = .contentTooLarge
         case "too_many_grants": status = .unprocessableContent

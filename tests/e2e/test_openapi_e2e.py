@@ -68,9 +68,9 @@ def test_the_live_server_keeps_to_its_spec(fleet, tmpdir_root):
     args = cmd + ["run", path, "--url", fleet.url,
                   "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
                   "--max-examples", os.environ.get("JIT_SCHEMATHESIS_EXAMPLES", "25"), "--seed", "15",
-                  "--max-time", os.environ.get("JIT_SCHEMATHESIS_SECONDS", "60"), "--phases", "examples,coverage,fuzzing", "--workers", "1",
+                  "--max-time", os.environ.get("JIT_SCHEMATHESIS_SECONDS", "90"), "--phases", "examples,coverage,fuzzing", "--workers", "1",
                   "--tls-verify", fleet.ca, "--request-cert", host.cert, "--request-cert-key", host.key,
-                  "-H", "Authorization: Bearer not-a-token", "--request-timeout", "20", "--no-shrink"]
+                  "-H", "Authorization: Bearer not-a-token", "--request-timeout", "60", "--no-shrink"]
     for p in unrouted(fleet):
         args += ["--exclude-path", p]
     env = dict(os.environ, SCHEMATHESIS_HOOKS="", NO_COLOR="1")
