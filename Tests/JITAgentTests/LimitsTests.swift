@@ -175,6 +175,9 @@ final class HangingTransport: NotifyTransport {
         while t.sent.withLock({ $0.count }) < 6 && Date() < until2 { Thread.sleep(forTimeInterval: 0.01) }
         w.runOnce()
         #expect(t.sent.withLock { $0.filter { $0 == "hook" }.count } == 3)
+        // A channel's thread marks a row sent just after its transport returns: wait for that (bounded), as above.
+        let until3 = Date().addingTimeInterval(5)
+        while try !h.engine.store.outboxRows().allSatisfy({ $0.state == "sent" }) && Date() < until3 { Thread.sleep(forTimeInterval: 0.01) }
         #expect(try h.engine.store.outboxRows().allSatisfy { $0.state == "sent" })
     }
 }
