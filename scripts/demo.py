@@ -22,29 +22,12 @@ os.environ.setdefault("JIT_BIN", os.path.join(REPO, ".build", "debug"))
 from conftest import Agent, Users  # noqa: E402
 from hosts import EtcFiles, Sshd, Sudo, pam_args  # noqa: E402
 
-BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
+from demo_words import fail, ok, show  # noqa: E402
+from demo_words import say as say_words  # noqa: E402
 
 
 def say(text):
-    print(f"\n{BOLD}{text}{RESET}")
-    time.sleep(0.3)
-
-
-def show(cmd, p):
-    print(f"{DIM}$ {cmd}{RESET}")
-    for line in (p.stdout + p.stderr).strip().splitlines():
-        if "Warning: Permanently added" in line:
-            continue
-        print("  " + line)
-
-
-def ok(text):
-    print(f"{GREEN}  ✔ {text}{RESET}")
-
-
-def fail(text):
-    print(f"{RED}  ✘ {text}{RESET}")
-    raise SystemExit(1)
+    say_words(text, pause=0.3)
 
 
 def main():

@@ -23,27 +23,7 @@ from conftest import Users, wait_for  # noqa: E402
 from fleet import PROD, Fleet, Postgres, fleet_supported, server_extra  # noqa: E402
 from hosts import EtcFiles  # noqa: E402
 
-BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
-
-
-def say(text):
-    print(f"\n{BOLD}{text}{RESET}")
-
-
-def show(cmd, p):
-    print(f"{DIM}$ {cmd}{RESET}")
-    for line in (p.stdout + p.stderr).strip().splitlines():
-        if "Warning: Permanently added" not in line:
-            print("  " + line)
-
-
-def ok(text):
-    print(f"{GREEN}  ✔ {text}{RESET}")
-
-
-def fail(text):
-    print(f"{RED}  ✘ {text}{RESET}")
-    raise SystemExit(1)
+from demo_words import fail, ok, say, show  # noqa: E402
 
 
 def logs_in(sshd, user):
