@@ -114,19 +114,35 @@ struct HostAuthMiddleware: RouterMiddleware {
         guard let peer else {
             throw APIError(.unauthorized, "client_certificate_required", "this call needs the host's certificate (mutual TLS); enrol this host with 'jitd enrol' and call with its key and certificate")
         }
-        let cert: Certificate
-        do { cert = try Certificate(derEncoded: try peer.toDERBytes()) } catch {
-            throw APIError(.unauthorized, "bad_certificate", "the client certificate cannot be read")
-        }
-        guard ca.signed(cert) else {
-            throw APIError(.unauthorized, "bad_certificate", "the client certificate was not issued by this fleet's CA, or is outside its validity; renew it or enrol again")
-        }
-        let identity = try HostIdentity(certificate: cert)
-        let record = try await db.authenticate(name: identity.name, serial: FleetCA.serialHex(cert))
+        let v = try verify(peer)
+        let record = try await db.authenticate(name: v.identity.name, serial: v.serial)
         await db.touch(record)
         var context = context
-        context.host = CallerHost(record: record, serial: FleetCA.serialHex(cert), publicKey: cert.publicKey)
+        context.host = CallerHost(record: record, serial: v.serial, publicKey: v.publicKey)
         return try await next(request, context)
+    }
+
+    /// The certificate's identity once its signature is checked (remembered by its DER bytes: the same bytes
+    /// were checked against the same CA); its validity is checked against the clock every time.
+    func verify(_ peer: NIOSSLCertificate, now: Date = Date()) throws -> HostAuthCache.Verified {
+        let der: [UInt8]
+        do { der = try peer.toDERBytes() } catch {
+            throw APIError(.unauthorized, "bad_certificate", "the client certificate cannot be read")
+        }
+        let outside = APIError(.unauthorized, "bad_certificate", "the client certificate was not issued by this fleet's CA, or is outside its validity; renew it or enrol again")
+        if let v = db.hostCache.verified(der) {
+            guard v.notBefore <= now, now < v.notAfter else { throw outside }
+            return v
+        }
+        let cert: Certificate
+        do { cert = try Certificate(derEncoded: der) } catch {
+            throw APIError(.unauthorized, "bad_certificate", "the client certificate cannot be read")
+        }
+        guard ca.signed(cert, now: now) else { throw outside }
+        let v = HostAuthCache.Verified(identity: try HostIdentity(certificate: cert), serial: FleetCA.serialHex(cert),
+                                       notBefore: cert.notValidBefore, notAfter: cert.notValidAfter, publicKey: cert.publicKey)
+        db.hostCache.remember(der, v)
+        return v
     }
 }
 

@@ -11,6 +11,8 @@ public import PostgresNIO
 public struct FleetDatabase: Sendable {
     public let client: PostgresClient
     let logger: Logger
+    /// Hosts and certificates this replica has checked (see `HostAuthCache`).
+    let hostCache = HostAuthCache()
     let where_: String
 
     /// An arbitrary constant: the key of the advisory lock that serialises migrations ("jitmigr").
@@ -48,11 +50,23 @@ public struct FleetDatabase: Sendable {
         return FleetError("database", "PostgreSQL failed during \(what) (\(describe)): \(String(reflecting: error))")
     }
 
+    /// Runs the client's connection pool on an executor of its own, so that threads blocked in
+    /// `PostgresStore`'s synchronous calls (which wait for this pool) can never starve it.
+    public func runOffPool() async {
+        await withTaskExecutorPreference(QueueExecutor("jit.postgres.pool")) { await client.run() }
+    }
+
+    /// Starts the client's connection pool in a task that begins on an executor of its own (not merely moves
+    /// there: a task that must first get a cooperative thread never starts while all of them are blocked).
+    public func startOffPool() -> Task<Void, Never> {
+        Task(executorPreference: QueueExecutor("jit.postgres.pool")) { await self.client.run() }
+    }
+
     /// Runs `body` with a client that runs for exactly that long (for one-shot commands).
     public static func with<T: Sendable>(config: ServerConfig, logger: Logger, _ body: @Sendable (FleetDatabase) async throws -> T) async throws -> T {
         let db = try FleetDatabase(config: config, logger: logger)
         return try await withThrowingTaskGroup(of: Void.self) { g in
-            g.addTask { await db.client.run() }
+            g.addTask { await db.runOffPool() }
             defer { g.cancelAll() }
             return try await body(db)
         }

@@ -198,6 +198,8 @@ extension FleetDatabase {
     static let authenticateDeadline: Duration = .seconds(5)
 
     public func authenticate(name: String, serial: String) async throws(FleetError) -> HostRecord {
+        if let h = hostCache.host(name, serial: serial) { return h }
+        let generation = hostCache.generation()
         let rows: [HostRecord]
         do {
             // Bounded: with PostgreSQL away the pool would hold the call until a connection comes; a host must
@@ -220,6 +222,7 @@ extension FleetDatabase {
         guard serial == h.serial || serial == h.previousSerial else {
             throw FleetError("certificate_replaced", "this certificate of host '\(name)' has been replaced; use the newest one (in the fleet folder), or enrol again")
         }
+        hostCache.store(h, readAt: generation)
         return h
     }
 
@@ -228,6 +231,8 @@ extension FleetDatabase {
     public func renew(host: HostRecord, presented serial: String, newKey: Bool, csr: CertificateSigningRequest, ca: FleetCA, lifetime: Int64) async throws(FleetError) -> (HostRecord, Certificate) {
         let cert = try ca.issueHost(csr: csr, identity: host.identity, lifetime: TimeInterval(lifetime))
         let new = FleetCA.serialHex(cert), na = cert.notValidAfter, name = host.name, current = host.serial
+        hostCache.invalidate(name)
+        defer { hostCache.invalidate(name) }
         let rows: [HostRecord]
         do {
             rows = try await hosts(try await client.query("""
@@ -255,6 +260,8 @@ extension FleetDatabase {
 
     /// Revokes a host: every call it makes from now on is refused, whatever certificate it holds.
     public func revokeHost(name: String, by actor: String) async throws(FleetError) -> HostRecord? {
+        hostCache.invalidate(name)
+        defer { hostCache.invalidate(name) }
         do {
             let rows = try await hosts(try await client.query(
                 "UPDATE hosts SET revoked_at = now() WHERE name = \(name) AND revoked_at IS NULL RETURNING \(unescaped: Self.hostColumns)", logger: logger))

@@ -91,6 +91,12 @@ public struct EnvironmentCache: Sendable, Equatable {
     /// back with (the last change's version when the answer is full, else `through`). Nil when the cache does
     /// not cover the cursor (the caller reads PostgreSQL).
     public func answer(_ filter: StreamFilter, after cursor: Int64, limit: Int) -> FleetWire.GrantStream? {
+        answerWithVersions(filter, after: cursor, limit: limit)?.stream
+    }
+
+    /// `answer`, with the versions of the changes it carries: two hosts with the same versions and cursor get
+    /// the same bytes (the hub encodes those once per refresh, not once per host).
+    public func answerWithVersions(_ filter: StreamFilter, after cursor: Int64, limit: Int) -> (stream: FleetWire.GrantStream, versions: [Int64])? {
         guard covers(cursor) else { return nil }
         var lo = 0, hi = rows.count
         while lo < hi {
@@ -98,13 +104,15 @@ public struct EnvironmentCache: Sendable, Equatable {
             if rows[mid].version <= cursor { lo = mid + 1 } else { hi = mid }
         }
         var out: [FleetWire.Grant] = []
+        var versions: [Int64] = []
         var last = cursor
         for r in rows[lo...] where filter.matches(r.grant) {
             out.append(r.grant)
+            versions.append(r.version)
             last = r.version
-            if out.count == limit { return FleetWire.GrantStream(cursor: last, reset: false, changes: out) }
+            if out.count == limit { return (FleetWire.GrantStream(cursor: last, reset: false, changes: out), versions) }
         }
-        return FleetWire.GrantStream(cursor: through, reset: false, changes: out)
+        return (FleetWire.GrantStream(cursor: through, reset: false, changes: out), versions)
     }
 
     /// Adds rows read after `through` up to `newThrough`; drops the oldest beyond the capacity (raising `from`).

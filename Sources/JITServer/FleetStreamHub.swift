@@ -2,6 +2,7 @@ import Foundation
 import JITCore
 import JITFleet
 import Logging
+import NIOCore
 import PostgresNIO
 import ServiceLifecycle
 
@@ -15,7 +16,7 @@ import ServiceLifecycle
 /// (revocations it may have missed).
 actor StreamHub {
     enum Wake: Sendable {
-        case answer(FleetWire.GrantStream)
+        case answer(StreamAnswer)
         /// Wait over (timeout, replaced by the host's newer stream, shutdown): answer "nothing new".
         case done
         /// The cache no longer covers the waiter's cursor: read PostgreSQL again.
@@ -30,8 +31,12 @@ actor StreamHub {
         var serial: String
         var cursor: Int64
         var continuation: CheckedContinuation<Wake, Never>
-        var timer: Task<Void, Never>?
+        var deadline: ContinuousClock.Instant
     }
+
+    /// How often the hub ends the waits that are due (one sweep for all, rather than a timer task per host,
+    /// which would wake 10,000 tasks after every fan-out just to find their wait already answered).
+    static let sweepEvery: Duration = .milliseconds(250)
 
     let db: FleetDatabase
     let limits: StreamLimits
@@ -41,6 +46,7 @@ actor StreamHub {
     private var nextID: UInt64 = 0
     private var refreshing: Set<String> = []
     private var dirty: Set<String> = []
+    private var sweeper: Task<Void, Never>?
     private(set) var live = false
 
     init(db: FleetDatabase, limits: StreamLimits, logger: Logger) {
@@ -55,30 +61,33 @@ actor StreamHub {
 
     /// Answers one `GET /v1/grants/stream`: at once when there are changes for the caller after `cursor`, else when
     /// some come or `wait` seconds pass. The caller is re-checked against PostgreSQL when its row changes.
-    func stream(_ caller: CallerHost, cursor start: Int64, wait: Int64) async throws(FleetError) -> FleetWire.GrantStream {
+    func stream(_ caller: CallerHost, cursor start: Int64, wait: Int64) async throws(FleetError) -> StreamAnswer {
         var filter = StreamFilter(caller.record)
         // Cursor 0: start over. An empty answer at version 0 (nothing was ever granted) would bring the host back
         // at once with 0 again, so that one waits like any poll, and answers with a reset when woken.
         let resetting = start == 0
         if resetting {
             let r = try await reset(filter)
-            if !r.changes.isEmpty || r.cursor > 0 || wait == 0 { return r }
+            if !r.changes.isEmpty || r.cursor > 0 || wait == 0 { return try StreamAnswer(r) }
         }
-        func answer(_ a: FleetWire.GrantStream) async throws(FleetError) -> FleetWire.GrantStream {
-            resetting ? try await reset(filter) : a
+        func answer(_ a: StreamAnswer) async throws(FleetError) -> StreamAnswer {
+            resetting ? try StreamAnswer(try await reset(filter)) : a
+        }
+        func answerStream(_ a: FleetWire.GrantStream) async throws(FleetError) -> StreamAnswer {
+            try await answer(try StreamAnswer(a))
         }
         let deadline = ContinuousClock.now + .seconds(wait)
         var cursor = start
         var known = false  // PostgreSQL said: nothing for this host up to `cursor`
         while true {
             if let cache = caches[filter.environment], cache.covers(cursor), let a = cache.answer(filter, after: cursor, limit: limits.batch) {
-                if !a.changes.isEmpty { return try await answer(a) }
+                if !a.changes.isEmpty { return try await answerStream(a) }
                 cursor = a.cursor
             } else if !known || (caches[filter.environment].map { cursor < $0.from } ?? false) {
                 let r = try await db.hostChanges(filter, after: cursor, limit: limits.batch)
-                if cursor < r.pruned || cursor > r.current { return try await reset(filter) }
+                if cursor < r.pruned || cursor > r.current { return try StreamAnswer(try await reset(filter)) }
                 if let last = r.rows.last {
-                    return try await answer(FleetWire.GrantStream(cursor: r.rows.count == limits.batch ? last.version : r.current, reset: false, changes: r.rows.map(\.grant)))
+                    return try await answerStream(FleetWire.GrantStream(cursor: r.rows.count == limits.batch ? last.version : r.current, reset: false, changes: r.rows.map(\.grant)))
                 }
                 cursor = r.current
                 known = true
@@ -90,10 +99,10 @@ actor StreamHub {
                 continue  // the cache may have moved while PostgreSQL answered: look again before waiting
             }
             let left = deadline - ContinuousClock.now
-            if left <= .zero { return try await answer(FleetWire.GrantStream(cursor: cursor, reset: false, changes: [])) }
+            if left <= .zero { return try await answerStream(FleetWire.GrantStream(cursor: cursor, reset: false, changes: [])) }
             switch try await park(filter, serial: caller.serial, cursor: cursor, for: left) {
             case .answer(let a): return try await answer(a)
-            case .done: return try await answer(FleetWire.GrantStream(cursor: cursor, reset: false, changes: []))
+            case .done: return try await answerStream(FleetWire.GrantStream(cursor: cursor, reset: false, changes: []))
             case .stale: known = false
             case .hostChanged:
                 let record = try await db.authenticate(name: caller.record.name, serial: caller.serial)
@@ -117,7 +126,6 @@ actor StreamHub {
     private func park(_ filter: StreamFilter, serial: String, cursor: Int64, for duration: Duration) async throws(FleetError) -> Wake {
         let name = filter.name
         if let old = waiters.removeValue(forKey: name) {
-            old.timer?.cancel()
             old.continuation.resume(returning: .done)
         }
         guard waiters.count < limits.maxWaiters else {
@@ -125,13 +133,19 @@ actor StreamHub {
         }
         nextID += 1
         let id = nextID
+        let deadline = ContinuousClock.now + duration
+        if sweeper == nil {
+            sweeper = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: Self.sweepEvery)
+                    guard let self else { return }
+                    await self.sweep()
+                }
+            }
+        }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Wake, Never>) in
-                let timer = Task { [weak self] in
-                    try? await Task.sleep(for: duration)
-                    await self?.finish(name, id: id, with: .done)
-                }
-                waiters[name] = Waiter(id: id, filter: filter, serial: serial, cursor: cursor, continuation: c, timer: timer)
+                waiters[name] = Waiter(id: id, filter: filter, serial: serial, cursor: cursor, continuation: c, deadline: deadline)
             }
         } onCancel: {
             Task { await self.finish(name, id: id, with: .done) }
@@ -141,8 +155,14 @@ actor StreamHub {
     private func finish(_ name: String, id: UInt64, with wake: Wake) {
         guard let w = waiters[name], w.id == id else { return }
         waiters.removeValue(forKey: name)
-        w.timer?.cancel()
         w.continuation.resume(returning: wake)
+    }
+
+    /// Ends the waits that are due ("nothing new").
+    private func sweep() {
+        let now = ContinuousClock.now
+        let due = waiters.filter { $0.value.deadline <= now }
+        for (name, w) in due { finish(name, id: w.id, with: .done) }
     }
 
     // MARK: wake-ups
@@ -161,6 +181,7 @@ actor StreamHub {
     /// The listener is connected (true) or away (false). On coming back everything is read again, and the hosts
     /// waiting are checked against their rows (a revocation while it was away sent no notification).
     func setLive(_ up: Bool) async {
+        db.hostCache.setLive(up)
         let was = live
         live = up
         guard up, !was else { return }
@@ -232,14 +253,48 @@ actor StreamHub {
 
     /// Answers the waiters of an environment that the cache now has changes for.
     private func resolve(_ environment: String, _ cache: EnvironmentCache?) {
+        // Hosts at the same cursor concerned by the same changes get the same bytes: encoded once.
+        var encoded: [AnswerKey: StreamAnswer] = [:]
         for (name, w) in waiters where w.filter.environment == environment {
             guard let cache, cache.covers(w.cursor) else {
                 if cache == nil || w.cursor < cache!.from { finish(name, id: w.id, with: .stale) }
                 continue
             }
-            if let a = cache.answer(w.filter, after: w.cursor, limit: limits.batch), !a.changes.isEmpty {
-                finish(name, id: w.id, with: .answer(a))
+            guard let (a, versions) = cache.answerWithVersions(w.filter, after: w.cursor, limit: limits.batch), !a.changes.isEmpty else { continue }
+            let key = AnswerKey(cursor: a.cursor, versions: versions)
+            if let e = encoded[key] {
+                finish(name, id: w.id, with: .answer(e))
+                continue
             }
+            do {
+                let e = try StreamAnswer(a)
+                encoded[key] = e
+                finish(name, id: w.id, with: .answer(e))
+            } catch {
+                logger.error("stream: cannot encode an answer for host \(name): \(error.message)")
+                finish(name, id: w.id, with: .stale)
+            }
+        }
+    }
+
+    private struct AnswerKey: Hashable {
+        var cursor: Int64
+        var versions: [Int64]
+    }
+}
+
+/// One answer of the stream and its JSON, encoded once (`FleetAPI.json`'s encoding) and shared by every host
+/// it is for.
+struct StreamAnswer: Sendable {
+    let stream: FleetWire.GrantStream
+    let body: ByteBuffer
+
+    init(_ stream: FleetWire.GrantStream) throws(FleetError) {
+        self.stream = stream
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        do { body = ByteBuffer(bytes: try enc.encode(stream)) } catch {
+            throw FleetError("internal", "cannot encode the grant stream's answer: \(error)")
         }
     }
 }
@@ -273,7 +328,12 @@ struct StreamListener: Service {
                             backoff = .milliseconds(200)
                             try await withThrowingDiscardingTaskGroup { g in
                                 g.addTask { for try await n in changes { await hub.environmentChanged(n.payload) } }
-                                g.addTask { for try await n in hosts { await hub.hostChanged(n.payload) } }
+                                g.addTask {
+                                    for try await n in hosts {
+                                        db.hostCache.invalidate(n.payload)
+                                        await hub.hostChanged(n.payload)
+                                    }
+                                }
                             }
                         }
                     }

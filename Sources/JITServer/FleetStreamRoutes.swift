@@ -35,7 +35,8 @@ extension FleetAPI {
         hosts.get("grants/stream") { request, context in
             let h = try context.caller()
             let q = try StreamQuery(cursor: request.uri.queryParameters["cursor"].map(String.init), wait: request.uri.queryParameters["wait"].map(String.init))
-            return try Self.json(try await stream.stream(h, cursor: q.cursor, wait: q.wait))
+            let answer = try await stream.stream(h, cursor: q.cursor, wait: q.wait)
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: answer.body))
         }
         hosts.post("events") { request, context in
             let h = try context.caller()
@@ -85,6 +86,7 @@ extension FleetDatabase {
         let name = host.name
         do {
             try await client.query("UPDATE hosts SET last_seen = now() WHERE name = \(name) AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')", logger: logger)
+            hostCache.seen(name, at: Date())
         } catch {
             logger.warning("cannot mark host \(name) seen: \(failure(error, doing: "marking the host seen").message)")
         }

@@ -42,13 +42,17 @@ public final class PostgresStore: DecisionStore, Sendable {
     }
     struct Unchecked<T>: @unchecked Sendable { let value: T }
 
-    /// Runs `body` to its end on the cooperative pool while this (plain) thread waits; its errors become a
-    /// sentence naming the database. Safe because the caller's closures outlive the task: we wait for it.
+    /// Runs `body` to its end on an executor of its own (`QueueExecutor`, never the cooperative pool) while
+    /// this thread waits; its errors become a sentence naming the database. Safe because the caller's closures
+    /// outlive the task: we wait for it. The work never needs a cooperative thread, so callers that block
+    /// cooperative threads (tests, two suites at once on two cores) cannot starve it; the database client's
+    /// own run loop must not be on that pool either (`FleetDatabase.runOffPool`).
     func blocking<T>(_ what: String, _ body: () async throws -> T) throws(JITError) -> T {
         let done = DispatchSemaphore(value: 0)
+        let executor = QueueExecutor("jit.postgres.call")
         let out: Result<T, JITError> = withoutActuallyEscaping(body) { body in
             let h = Handoff(body)
-            Task.detached { [self] in
+            Task.detached(executorPreference: executor) { [self] in
                 do { h.value = .success(try await h.work!()) } catch { h.value = .failure(self.jitError(error, doing: what)) }
                 h.work = nil
                 done.signal()

@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import JITCore
 import JITServer
+import Logging
 @testable import JITAgent
 
 /// One engine, two stores: every case runs the same calls through `Engine` over the SQLite `Store` and over
@@ -272,5 +273,26 @@ import JITServer
             let all = ended.withLock { $0 }
             #expect(all.sorted() == gids.sorted(), "every due grant ended exactly once")
         }
+    }
+
+    /// The PostgreSQL store's synchronous calls never need a cooperative thread: twice as many callers as there
+    /// are cores, each blocking a cooperative thread, on a store whose connection pool starts only while they
+    /// all wait, all finish (two suites doing this at once on two cores once hung a CI run).
+    @Test(.timeLimit(.minutes(1))) func blockingCallsFromEveryCooperativeThreadFinish() async throws {
+        guard let w = try await World.make(.postgres), let pg = w.pg else { return }
+        let db = try FleetDatabase(config: pg.config, logger: Logger(label: "test"))
+        let store = PostgresStore(db: db, logger: Logger(label: "test"))
+        let pool = Mutex<Task<Void, Never>?>(nil)
+        defer { pool.withLock { $0?.cancel() } }
+        Thread {
+            usleep(200_000)
+            pool.withLock { $0 = db.startOffPool() }
+        }.start()
+        let n = ProcessInfo.processInfo.activeProcessorCount * 2
+        let counts = try await withThrowingTaskGroup(of: Int.self) { g in
+            for _ in 0..<n { g.addTask { try store.requests(user: nil, pendingOnly: true, before: nil, limit: 5).count } }
+            return try await g.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(counts == Array(repeating: 0, count: n))
     }
 }

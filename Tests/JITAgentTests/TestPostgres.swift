@@ -95,7 +95,7 @@ enum TestPostgres {
             cfg.database.user = "postgres"
             cfg.database.name = "postgres"
             let admin = try FleetDatabase(config: cfg, logger: Logger(label: "test"))
-            let t = Task { await admin.client.run() }
+            let t = admin.startOffPool()
             defer { t.cancel() }
             try await admin.client.query("CREATE DATABASE \(unescaped: name)")
             cfg.database.name = name
@@ -105,7 +105,7 @@ enum TestPostgres {
         /// A new store with its own connection pool (another "replica").
         func store() async throws -> PostgresStore {
             let db = try FleetDatabase(config: config, logger: Logger(label: "test"))
-            let t = Task { await db.client.run() }
+            let t = db.startOffPool()
             runs.withLock { $0.append(t) }
             try await db.migrate()
             return PostgresStore(db: db, logger: Logger(label: "test"))

@@ -1,0 +1,103 @@
+import Foundation
+import JITFleet
+import Synchronization
+import X509
+
+/// What one replica remembers of the hosts it has checked, so that a long-poll re-armed after every delivered
+/// change (10,000 hosts re-arm within a second of one approval) costs neither a signature check nor a
+/// PostgreSQL round trip.
+///
+/// - Certificates: keyed by their DER bytes, which fix everything the check looked at; the CA is the
+///   process's own and does not change while it runs. Validity is checked against the clock on every use.
+/// - Host rows: used only to *accept* (not revoked, serial current or previous); anything else is asked of
+///   PostgreSQL, which has the last word. A row is used only while the replica's LISTEN connection is up
+///   (`jit_hosts` tells it of every revocation, renewal, move; each drops the row) and for at most `maxAge`,
+///   which bounds how long a revocation can go unseen if that connection dies without the replica noticing.
+///   A fill that raced an invalidation is not kept (the generation moved).
+final class HostAuthCache: Sendable {
+    struct Verified: Sendable {
+        let identity: HostIdentity
+        let serial: String
+        let notBefore: Date
+        let notAfter: Date
+        let publicKey: Certificate.PublicKey
+    }
+
+    private struct Row {
+        var record: HostRecord
+        var at: ContinuousClock.Instant
+    }
+
+    private struct State {
+        var certificates: [[UInt8]: Verified] = [:]
+        var hosts: [String: Row] = [:]
+        var generation: UInt64 = 0
+        var live = false
+    }
+
+    /// The longest a host row is used without asking PostgreSQL again.
+    static let maxAge: Duration = .seconds(10)
+    /// The most entries of each kind (then the cache starts over: a bound on memory, not a policy).
+    static let maxEntries = 50_000
+
+    private let state = Mutex(State())
+
+    init() {}
+
+    // MARK: certificates
+
+    func verified(_ der: [UInt8]) -> Verified? { state.withLock { $0.certificates[der] } }
+
+    func remember(_ der: [UInt8], _ v: Verified) {
+        state.withLock {
+            if $0.certificates.count >= Self.maxEntries { $0.certificates.removeAll(keepingCapacity: true) }
+            $0.certificates[der] = v
+        }
+    }
+
+    // MARK: host rows
+
+    /// The row to accept `serial` of host `name` with, when the cache may answer.
+    func host(_ name: String, serial: String, now: ContinuousClock.Instant = .now) -> HostRecord? {
+        state.withLock { s in
+            guard s.live, let r = s.hosts[name], now - r.at < Self.maxAge else { return nil }
+            let h = r.record
+            guard h.revokedAt == nil, serial == h.serial || serial == h.previousSerial else { return nil }
+            return h
+        }
+    }
+
+    /// The generation to pass to `store` for a row about to be read from PostgreSQL.
+    func generation() -> UInt64 { state.withLock { $0.generation } }
+
+    /// Keeps a row read from PostgreSQL, unless something was invalidated since `generation`.
+    func store(_ record: HostRecord, readAt generation: UInt64, now: ContinuousClock.Instant = .now) {
+        state.withLock { s in
+            guard s.live, s.generation == generation else { return }
+            if s.hosts.count >= Self.maxEntries { s.hosts.removeAll(keepingCapacity: true) }
+            s.hosts[record.name] = Row(record: record, at: now)
+        }
+    }
+
+    /// `jit_hosts` named this host (or this replica changed its row): ask PostgreSQL next time.
+    func invalidate(_ name: String) {
+        state.withLock { s in
+            s.generation &+= 1
+            s.hosts.removeValue(forKey: name)
+        }
+    }
+
+    /// The LISTEN connection came up or went away: either way, nothing cached before may be trusted.
+    func setLive(_ up: Bool) {
+        state.withLock { s in
+            s.generation &+= 1
+            s.hosts.removeAll()
+            s.live = up
+        }
+    }
+
+    /// The host was marked seen (so `touch` does not write again within the minute).
+    func seen(_ name: String, at date: Date) {
+        state.withLock { s in s.hosts[name]?.record.lastSeen = date }
+    }
+}
