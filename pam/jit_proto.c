@@ -206,7 +206,8 @@ int jit_id_valid(const char *s)
 void jit_reply_free(struct jit_reply *r)
 {
 	char **fields[] = { &r->decision, &r->message, &r->request, &r->grant,
-			    &r->expires_at, &r->state, &r->code, &r->session };
+			    &r->expires_at, &r->state, &r->code, &r->session,
+			    &r->approve_id, &r->approve_at };
 	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
 		free(*fields[i]);
 	memset(r, 0, sizeof(*r));
@@ -226,6 +227,8 @@ static char **reply_slot(struct jit_reply *r, const char *k, size_t n)
 		{ "state", offsetof(struct jit_reply, state) },
 		{ "code", offsetof(struct jit_reply, code) },
 		{ "session", offsetof(struct jit_reply, session) },
+		{ "approve_id", offsetof(struct jit_reply, approve_id) },
+		{ "approve_at", offsetof(struct jit_reply, approve_at) },
 	};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		if (strlen(known[i].name) == n && memcmp(known[i].name, k, n) == 0)

@@ -57,6 +57,8 @@ struct jit_reply {
 	char *state;
 	char *code;
 	char *session;
+	char *approve_id; /* a fleet host: the control plane's id of the request */
+	char *approve_at; /* a fleet host: the control plane's URL */
 };
 
 /* Checks a 4-byte frame header; stores the body length (1..JIT_MAX_FRAME). */

@@ -257,6 +257,8 @@ struct gate {
 	const char *user, *service, *rhost, *tty;
 	int is_sudo;
 	char err[256];
+	char shown[24];  /* the request id approvers see (a fleet host: the control plane's) */
+	char where[200]; /* "" or " on the control plane URL" */
 };
 
 static const char *stage_name(const struct gate *g)
@@ -572,15 +574,15 @@ static int do_wait(struct gate *g, const char *id)
 		pam_syslog(g->pamh, LOG_NOTICE, "%s: request %s for user %s approved while waiting",
 			   stage_name(g), id, g->user);
 		if (!(g->flags & PAM_SILENT))
-			say(g->pamh, PAM_TEXT_INFO, "jit: request %s approved; access until %s.", id, until);
+			say(g->pamh, PAM_TEXT_INFO, "jit: request %s approved; access until %s.", g->shown[0] ? g->shown : id, until);
 		rc = PAM_SUCCESS;
 	} else if (r.decision && strcmp(r.decision, "deny") == 0) {
 		char state[32];
 		jit_sanitize(r.state ? r.state : "denied", state, sizeof(state));
 		pam_syslog(g->pamh, LOG_NOTICE, "%s: request %s for user %s ended: %s", stage_name(g), id,
 			   g->user, state);
-		say(g->pamh, PAM_ERROR_MSG, "jit: request %s was not approved (%s); access denied.", id,
-		    state);
+		say(g->pamh, PAM_ERROR_MSG, "jit: request %s was not approved (%s); access denied.",
+		    g->shown[0] ? g->shown : id, state);
 		show_agent_message(g, PAM_ERROR_MSG, &r);
 		rc = deny_code(g);
 	} else if (r.decision && strcmp(r.decision, "pending") == 0) {
@@ -588,7 +590,8 @@ static int do_wait(struct gate *g, const char *id)
 			   stage_name(g), id, g->user, g->o.timeout);
 		say(g->pamh, PAM_ERROR_MSG,
 		    "jit: no decision on request %s within %u s; access denied. An approver runs "
-		    "'jit approve %s'; then try again.", id, g->o.timeout, id);
+		    "'jit approve %s'%s; then try again.", g->shown[0] ? g->shown : id, g->o.timeout,
+		    g->shown[0] ? g->shown : id, g->where);
 		rc = deny_code(g);
 	} else {
 		snprintf(g->err, sizeof(g->err), "wait reply without a known decision");
@@ -656,16 +659,33 @@ static int check_outcome(struct gate *g, struct jit_reply *r, char **pending_id)
 	return agent_failed(g, JIT_E_PROTO);
 }
 
+/* The id approvers see and where they decide: on a fleet host the agent names the control plane's id and
+ * URL (approve_id, approve_at); otherwise it is this host's request id, decided here. */
+static void approver_hint(struct gate *g, const struct jit_reply *r, const char *id)
+{
+	char at[160];
+	g->where[0] = '\0';
+	if (r != NULL && jit_id_valid(r->approve_id)) {
+		snprintf(g->shown, sizeof(g->shown), "%s", r->approve_id);
+		if (r->approve_at && jit_sanitize(r->approve_at, at, sizeof(at)) > 0)
+			snprintf(g->where, sizeof(g->where), " on the control plane %s", at);
+	} else {
+		snprintf(g->shown, sizeof(g->shown), "%s", id);
+	}
+}
+
 /* Request id is pending: deny at once (timeout=0) or tell the user and wait. */
 static int pending(struct gate *g, const struct jit_reply *r, const char *id)
 {
+	approver_hint(g, r, id);
+	const char *shown = g->shown, *where = g->where;
 	pam_syslog(g->pamh, LOG_NOTICE, "%s: user %s (service %s, rhost %s) has request %s pending",
 		   stage_name(g), g->user, g->service, g->rhost ? g->rhost : "-", id);
 	if (g->o.timeout == 0) {
 		show_agent_message(g, PAM_TEXT_INFO, r);
 		say(g->pamh, PAM_ERROR_MSG,
 		    "jit: access needs approval. Request %s is waiting: an approver runs "
-		    "'jit approve %s'. Try again once it is approved.", id, id);
+		    "'jit approve %s'%s. Try again once it is approved.", shown, shown, where);
 		return deny_code(g);
 	}
 	if (g->stage == ST_AUTH && !g->is_sudo) {
@@ -673,8 +693,8 @@ static int pending(struct gate *g, const struct jit_reply *r, const char *id)
 		char *resp = NULL;
 		int prc = pam_prompt(g->pamh, PAM_PROMPT_ECHO_ON, &resp,
 				     "jit: request %s is waiting for approval (an approver runs "
-				     "'jit approve %s').\nPress Enter to wait up to %u s (Ctrl-C cancels): ",
-				     id, id, g->o.timeout);
+				     "'jit approve %s'%s).\nPress Enter to wait up to %u s (Ctrl-C cancels): ",
+				     shown, shown, where, g->o.timeout);
 		if (resp != NULL) {
 			explicit_bzero(resp, strlen(resp));
 			free(resp);
@@ -686,8 +706,8 @@ static int pending(struct gate *g, const struct jit_reply *r, const char *id)
 		}
 	} else {
 		say(g->pamh, PAM_TEXT_INFO,
-		    "jit: request %s is waiting for approval (an approver runs 'jit approve %s'). "
-		    "Waiting up to %u s; Ctrl-C cancels.", id, id, g->o.timeout);
+		    "jit: request %s is waiting for approval (an approver runs 'jit approve %s'%s). "
+		    "Waiting up to %u s; Ctrl-C cancels.", shown, shown, where, g->o.timeout);
 	}
 	return do_wait(g, id);
 }

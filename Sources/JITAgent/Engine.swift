@@ -134,7 +134,10 @@ public final class Engine: Sendable {
             case "request":
                 try m.onlyKeys(["for", "reason", "env", "scope", "command", "runas", "user", "ticket", "break_glass", "uses", "host"])
                 let r = try fileRequest(m, c)
-                return Message("ok", r.fields + (isFleetHost && r.state == .pending ? [("message", fleetPendingMessage(r))] : []))
+                guard isFleetHost, r.state == .pending else { return Message("ok", r.fields) }
+                let sid = serverRequestID(r.id)
+                return Message("ok", r.fields + (sid.map { [("approve_id", String($0)), ("approve_at", store.fleet.server)] } ?? [])
+                               + [("message", fleetPendingMessage(r, serverID: sid))])
             case "list":
                 try m.onlyKeys(["pending", "mine", "before"])
                 let mine = try m.bool("mine")
@@ -370,11 +373,20 @@ public final class Engine: Sendable {
         }
     }
 
+    /// A pending request's reply. On a fleet host it names the control plane's id when the server has
+    /// numbered it (`approve_id`, and `approve_at`: the control plane's URL), which is what approvers see.
     func pendingReply(_ r: AccessRequest) -> Message {
-        Message("ok", [
-            ("decision", "pending"), ("request", String(r.id)), ("expires_at", Timestamps.format(r.expiresAt)),
-            ("message", isFleetHost ? fleetPendingMessage(r) : "request \(r.id) is waiting for approval; an approver runs: jit approve \(r.id)"),
-        ])
+        guard isFleetHost else {
+            return Message("ok", [
+                ("decision", "pending"), ("request", String(r.id)), ("expires_at", Timestamps.format(r.expiresAt)),
+                ("message", "request \(r.id) is waiting for approval; an approver runs: jit approve \(r.id)"),
+            ])
+        }
+        let sid = serverRequestID(r.id)
+        var fields: [(String, String)] = [("decision", "pending"), ("request", String(r.id)), ("expires_at", Timestamps.format(r.expiresAt))]
+        if let sid { fields += [("approve_id", String(sid)), ("approve_at", store.fleet.server)] }
+        fields.append(("message", fleetPendingMessage(r, serverID: sid)))
+        return Message("ok", fields)
     }
 
     func field(_ m: Message, _ key: String) throws(JITError) -> String {

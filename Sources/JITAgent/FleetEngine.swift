@@ -49,12 +49,30 @@ extension Engine {
     }
 
     /// What a user filing on a fleet host is told: where the request went, or that it waits for the server.
-    func fleetPendingMessage(_ r: AccessRequest) -> String {
+    func fleetPendingMessage(_ r: AccessRequest, serverID: Int64?) -> String {
         let url = store.fleet.server
+        if let serverID {
+            return "request \(serverID) is waiting for approval on the control plane (\(url)); an approver runs there: jit approve \(serverID) (this host's request \(r.id))"
+        }
         if !store.fleet.reachable {
             return "the control plane (\(url)) cannot be reached: your request \(r.id) is queued and will be sent when it is back; break-glass exists: jit request --break-glass --reason TEXT"
         }
-        return "request \(r.id) is waiting for approval on the control plane (\(url)); an approver decides it there"
+        return "request \(r.id) is queued for the control plane (\(url)); approvers find it there with: jit list --pending"
+    }
+
+    /// The longest a filing waits for the control plane to number it, so that the user is told the id
+    /// approvers see (the PAM module's call allows 5 s; a login that needs approval waits anyway).
+    static let serverIDWait = 1.5
+
+    /// The control plane's id of a request filed here: waits, bounded, for the outbox to be answered while
+    /// the agent is shipping and the control plane is reachable; nil otherwise (the request stays queued).
+    func serverRequestID(_ local: Int64, within: Double = Engine.serverIDWait) -> Int64? {
+        let deadline = Date().addingTimeInterval(within)
+        while true {
+            if let id = try? store.fleetServerID(request: local) { return id }
+            guard store.fleet.shipping, store.fleet.reachable, Date() < deadline else { return nil }
+            usleep(50_000)
+        }
     }
 
     /// After a stream batch committed: put new grants in place, rewrite changed ends, remove ended grants

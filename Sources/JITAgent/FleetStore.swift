@@ -293,6 +293,11 @@ extension Store {
         }
     }
 
+    /// The control plane's id of a request filed here, once the server has answered its outbox entry.
+    public func fleetServerID(request id: Int64) throws(JITError) -> Int64? {
+        try read { db in try Int64.fetchOne(db, sql: "SELECT server_id FROM requests WHERE id = ?", arguments: [id]) }
+    }
+
     /// Pending local requests the server has (their server id), oldest first: the ones to ask about.
     public func openFleetRequests(limit: Int = 50) throws(JITError) -> [(local: Int64, server: Int64)] {
         try read { db in
@@ -328,6 +333,7 @@ public final class FleetStatus: Sendable {
         var server = ""
         var lastContact: Date? = nil
         var reachable = true
+        var shipping = false
         var fleetGrants: Set<Int64> = []
     }
     let state = Mutex(State())
@@ -337,6 +343,9 @@ public final class FleetStatus: Sendable {
     public var settings: FleetSettings? { state.withLock { $0.settings } }
     public var server: String { state.withLock { $0.server } }
     public var reachable: Bool { state.withLock { $0.reachable } }
+    /// The outbox is being sent (the agent's `FleetSync` runs): a filing may wait a moment for its server id.
+    public var shipping: Bool { state.withLock { $0.shipping } }
+    public func setShipping(_ on: Bool) { state.withLock { $0.shipping = on } }
     public var lastContact: Date? { state.withLock { $0.lastContact } }
 
     public func configure(_ s: FleetSettings?, server: String) {

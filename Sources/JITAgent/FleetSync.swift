@@ -232,6 +232,8 @@ public final class FleetSync: Sendable {
 
     /// Runs the stream and the outbox side by side until `stop()`.
     public func run() async {
+        store.fleet.setShipping(true)
+        defer { store.fleet.setShipping(false) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.streamLoop() }
             group.addTask { await self.workLoop() }

@@ -29,6 +29,9 @@ struct RequestView: Codable {
     var warnings: [String]
     var uses: Int?
     var record: String?
+    /// On a fleet host: the control plane's id of this request (what approvers see) and its URL.
+    var approve_id: Int64?
+    var approve_at: String?
 
     init(_ f: [(String, String)]) {
         func v(_ k: String) -> String? { f.first { $0.0 == k }?.1 }
@@ -36,6 +39,8 @@ struct RequestView: Codable {
         state = v("state") ?? ""
         user = v("user") ?? ""
         warnings = f.filter { $0.0 == "warning" }.map(\.1)
+        approve_id = v("approve_id").flatMap { Int64($0) }
+        approve_at = v("approve_at")
         uid = Int64(v("uid") ?? "") ?? -1
         environment = v("environment") ?? ""
         scope = v("scope") ?? ""

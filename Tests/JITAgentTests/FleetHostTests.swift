@@ -213,7 +213,8 @@ final class FakePlane: ControlPlane {
         let f = try Fleet()
         let pending = f.login(file: true)
         #expect(pending["decision"] == "pending")
-        #expect(pending["message"]?.contains("waiting for approval on the control plane (https://cp.test:8443)") == true)
+        #expect(pending["message"]?.contains("queued for the control plane (https://cp.test:8443)") == true, "not sent yet: no server id to name")
+        #expect(pending["approve_id"] == nil)
         let local = try #require(pending["request"].flatMap { Int64($0) })
         #expect(try f.h.engine.store.fleetOutbox().count == 1)
         #expect(await f.sync.sendOutbox() == 1)
@@ -221,6 +222,11 @@ final class FakePlane: ControlPlane {
         #expect(filed.count == 1 && filed[0].user == "alice" && filed[0].scope == "login" && filed[0].service == "sshd" && filed[0].rhost == "10.0.0.9")
         // Sent once: a second pass sends nothing.
         #expect(await f.sync.sendOutbox() == 0)
+        // Once the control plane has numbered it, the user is told that number (what approvers see) and where.
+        let again = f.login(file: true)
+        let sid = try #require(try f.h.engine.store.fleetServerID(request: local))
+        #expect(again["request"] == String(local) && again["approve_id"] == String(sid) && again["approve_at"] == "https://cp.test:8443")
+        #expect(again["message"]?.contains("an approver runs there: jit approve \(sid) (this host's request \(local))") == true, "\(again)")
         let waker = Waker()
         f.h.engine.register(waker, for: local)
         defer { f.h.engine.unregister(waker, for: local) }

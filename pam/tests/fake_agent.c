@@ -6,7 +6,7 @@
  *
  * check MODE: allow ignore deny pending file (deny when file=0, pending when
  *   file=1) error error2 extras long ctrl hang close garbage junk big version
- *   zero partial dup noid maybe
+ *   zero partial dup noid maybe fleet (pending with the control plane's id) fleetbad
  * wait MODE: allow deny pending hang close
  * session MODE: ok error hang
  *
@@ -193,6 +193,14 @@ static void answer_check(const struct cfg *c, int fd, const char *body)
 		hang();
 	} else if (strcmp(m, "dup") == 0)
 		reply(fd, "JIT/1 ok\ndecision=deny\ndecision=allow\n");
+	else if (strcmp(m, "fleet") == 0)
+		reply(fd, "JIT/1 ok\ndecision=pending\nrequest=42\nexpires_at=2030-01-01T00:00:00Z\n"
+			  "approve_id=7001\napprove_at=https://cp.example:8443\n"
+			  "message=Request 7001 is waiting on the control plane.\n");
+	else if (strcmp(m, "fleetbad") == 0)
+		reply(fd, "JIT/1 ok\ndecision=pending\nrequest=42\nexpires_at=2030-01-01T00:00:00Z\n"
+			  "approve_id=7001;rm\napprove_at=https://cp%1B[2J\n"
+			  "message=bad id.\n");
 	else if (strcmp(m, "noid") == 0)
 		reply(fd, "JIT/1 ok\ndecision=pending\nmessage=no id\n");
 	else if (strcmp(m, "maybe") == 0)

@@ -410,6 +410,7 @@ class FleetAgent:
         from conftest import Agent
         self.name = name
         self.environment = environment
+        self.url = url  # the control plane as this host knows it (its fleet file's server)
         self.dir = os.path.join(tmp, "agent-" + name)
         os.makedirs(self.dir, mode=0o755)
         self.identity = FleetHost(self.dir, name)

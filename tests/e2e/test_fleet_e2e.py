@@ -21,7 +21,7 @@ import pytest
 
 from conftest import needs_root, run, wait_for
 from fleet import PROD, STAGING, ControlPlane, Fleet, fleet_supported, pg, server_extra  # noqa: F401 (pg is a fixture)
-from hosts import Sudo, pam_args
+from hosts import PAM, Sudo, pam_args
 
 requests = pytest.importorskip("requests")
 
@@ -65,6 +65,37 @@ def grant_sudo(fleet, requester, approver, host, minutes=30):
     p = fleet.hosts[host].jit(requester, "request", "--for", f"{minutes}m", "--sudo", "--reason", "fleet test", "--json")
     assert p.returncode == 0, p.stdout + p.stderr
     return fleet.approve_pending(approver, requester)
+
+
+def test_a_refused_login_names_the_request_as_the_control_plane_numbers_it(fleet, team, etc):
+    """Approvers see the control plane's numbers; the user is told that one (and where), not the host's own."""
+    alice, bob, carl = team["alice"], team["bob"], team["carl"]
+    h1, h2 = fleet.add("h1", PROD), fleet.add("h2", PROD)
+    # Another host's request first, so that the control plane's numbers and host 1's own differ.
+    p = h2.jit(carl, "request", "--for", "30m", "--reason", "first", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    until(lambda: fleet.pending(bob, carl), 15, "carl's request on the control plane", fleet)
+    svc = "jit-flpt-" + os.path.basename(fleet.tmp)[-6:].lower().replace("_", "")
+    etc.write(f"/etc/pam.d/{svc}", f"account required {PAM} {pam_args(h1.agent, timeout=0)}\n")
+    p = run(["pamtester", "-v", svc, alice, "acct_mgmt"], timeout=30)
+    assert p.returncode != 0
+    mine = fleet.pending(bob, alice)
+    assert len(mine) == 1, mine
+    sid = mine[0]["id"]
+    local = [r for r in json.loads(h1.jit(None, "list", "--json").stdout) if r.get("user") == alice]
+    assert local and local[0]["id"] != sid, (local, sid)
+    out = p.stdout + p.stderr
+    assert f"Request {sid} is waiting: an approver runs 'jit approve {sid}' on the control plane {h1.url}" in out, out
+    # `jit request` on the host says the same, and gives the id in its JSON.
+    p = h1.jit(alice, "request", "--for", "30m", "--sudo", "--reason", "sudo too", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    theirs = [r for r in fleet.pending(bob, alice) if r["id"] != sid]
+    assert theirs and doc.get("approve_id") == theirs[0]["id"] and doc.get("approve_at") == h1.url, doc
+    p = h1.jit(alice, "request", "--for", "30m", "--command", "/usr/bin/true", "--reason", "and a command")
+    assert p.returncode == 0, p.stdout + p.stderr
+    third = [r["id"] for r in fleet.pending(bob, alice) if r["id"] not in (sid, theirs[0]["id"])]
+    assert third and f"an approver runs there: jit approve {third[0]}" in p.stdout, p.stdout
 
 
 # --- The main story.

@@ -223,7 +223,8 @@ def test_request_goes_to_the_control_plane_and_the_streamed_grant_is_put_in_plac
     fleet_agent.start()
     p = fleet_agent.jit(alice, "request", "--sudo", "--for", "30m", "--reason", "deploy 42")
     assert p.returncode == 0, p.stderr
-    assert f"waiting for approval on the control plane ({plane.url})" in p.stdout
+    # The agent waits (bounded) for the control plane's number, and names it: that is what approvers see.
+    assert f"request 500 is waiting for approval on the control plane ({plane.url}); an approver runs there: jit approve 500" in p.stdout, p.stdout
     assert wait_for(lambda: plane.filed, limit=10), "the outbox never sent the request: " + fleet_agent.read_log()
     body = plane.filed[0]
     assert body["user"] == alice and body["scope"] == "sudo" and body["reason"] == "deploy 42" and body["duration"] == 1800
