@@ -303,6 +303,12 @@ public final class Engine: Sendable {
             }
         }
         logger.info("request \(id) cancelled by \(c.name)")
+        if isFleetHost {
+            // The control plane may hold it pending: the worker tells it (durably, after this commit).
+            do { try store.queueFleetCancel(request: id, at: clock.now()) } catch {
+                logger.error("request \(id) was cancelled here but the cancel could not be queued for the control plane: \(error.message); it stays pending there until it expires or is denied")
+            }
+        }
         notifyWaiters(id)
         return r
     }

@@ -32,6 +32,16 @@ extension Store {
                 CREATE INDEX fleet_outbox_due ON fleet_outbox(sent_at, next_at);
                 """)
         }
+        // Requests cancelled here that the control plane must be told of (it may have them pending).
+        m.registerMigration("i15-fleet-cancels") { db in
+            try db.execute(sql: """
+                CREATE TABLE fleet_cancels (
+                    request_id INTEGER PRIMARY KEY REFERENCES requests(id),
+                    at INTEGER NOT NULL, sent_at INTEGER,
+                    attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_error TEXT
+                );
+                """)
+        }
     }
 
     // MARK: the stream's mirror
@@ -266,7 +276,12 @@ extension Store {
         try read { db in
             try Row.fetchAll(db, sql: """
                 SELECT o.* FROM fleet_outbox o JOIN requests r ON r.id = o.request_id
-                WHERE o.sent_at IS NULL AND o.next_at <= ? AND r.state = 'pending' ORDER BY o.seq LIMIT ?
+                WHERE o.sent_at IS NULL AND o.next_at <= ?
+                  AND (r.state = 'pending'
+                       -- cancelled here after a try whose answer was lost: the server may hold it; send it again
+                       -- (the same seq: idempotent) to learn its id, then the cancel follows
+                       OR (o.attempts > 0 AND EXISTS (SELECT 1 FROM fleet_cancels c WHERE c.request_id = o.request_id)))
+                ORDER BY o.seq LIMIT ?
                 """, arguments: [Timestamps.millis(now), limit]).map(Store.fleetOutboxRow)
         }
     }
@@ -296,6 +311,51 @@ extension Store {
     /// The control plane's id of a request filed here, once the server has answered its outbox entry.
     public func fleetServerID(request id: Int64) throws(JITError) -> Int64? {
         try read { db in try Int64.fetchOne(db, sql: "SELECT server_id FROM requests WHERE id = ?", arguments: [id]) }
+    }
+
+    /// A request cancelled here that the control plane may hold: sent (it has the server's id) or tried
+    /// (the answer may have been lost). One that never left the host needs nothing.
+    public func queueFleetCancel(request id: Int64, at now: Date) throws(JITError) {
+        try write { db in
+            try db.execute(sql: """
+                INSERT OR IGNORE INTO fleet_cancels (request_id, at, next_at)
+                SELECT r.id, ?, ? FROM requests r LEFT JOIN fleet_outbox o ON o.request_id = r.id
+                WHERE r.id = ? AND (r.server_id IS NOT NULL OR o.attempts > 0)
+                """, arguments: [Timestamps.millis(now), Timestamps.millis(now), id])
+        }
+    }
+
+    public struct FleetCancelRow: Sendable, Equatable {
+        public var requestID: Int64
+        public var serverID: Int64
+        public var attempts: Int
+    }
+
+    /// Cancels to tell whose time has come and whose server id is known, oldest first.
+    public func dueFleetCancels(now: Date, limit: Int = 50) throws(JITError) -> [FleetCancelRow] {
+        try read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT c.request_id, r.server_id, c.attempts FROM fleet_cancels c JOIN requests r ON r.id = c.request_id
+                WHERE c.sent_at IS NULL AND c.next_at <= ? AND r.server_id IS NOT NULL ORDER BY c.at LIMIT ?
+                """, arguments: [Timestamps.millis(now), limit]).map {
+                FleetCancelRow(requestID: $0["request_id"], serverID: $0["server_id"], attempts: $0["attempts"])
+            }
+        }
+    }
+
+    /// The control plane answered (or refused for good, `error` says why).
+    public func markFleetCancelSent(requestID: Int64, error: String?, at now: Date) throws(JITError) {
+        try write { db in
+            try db.execute(sql: "UPDATE fleet_cancels SET sent_at = ?, attempts = attempts + 1, last_error = ? WHERE request_id = ?",
+                           arguments: [Timestamps.millis(now), error, requestID])
+        }
+    }
+
+    public func markFleetCancelRetry(requestID: Int64, next: Date, error: String) throws(JITError) {
+        try write { db in
+            try db.execute(sql: "UPDATE fleet_cancels SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE request_id = ?",
+                           arguments: [Timestamps.millis(next), error, requestID])
+        }
     }
 
     /// Pending local requests the server has (their server id), oldest first: the ones to ask about.

@@ -10,6 +10,7 @@ public protocol ControlPlane: Sendable {
     var url: String { get }
     func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus
     func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus
+    func cancel(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus
     func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream
     func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck
     /// Renews the host certificate when less than a third of its life is left; returns the new end if it did.
@@ -34,6 +35,7 @@ public final class LiveControlPlane: ControlPlane {
 
     public func file(_ r: FleetWire.HostRequest) async throws(FleetError) -> FleetWire.RequestStatus { try await current.file(r) }
     public func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus { try await current.requestStatus(id: id) }
+    public func cancel(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus { try await current.cancelRequest(id: id) }
     public func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
         try await current.stream(cursor: cursor, wait: wait)
     }
@@ -172,6 +174,41 @@ public final class FleetSync: Sendable {
         return sent
     }
 
+    /// Tells the control plane of requests cancelled here (a user's `jit cancel`, a login given up while
+    /// waiting) once it has numbered them; returns how many it answered. A request the server had decided
+    /// meanwhile keeps that decision (logged).
+    @discardableResult
+    public func sendCancels() async -> Int {
+        let now = engine.clock.now()
+        guard let due = try? store.dueFleetCancels(now: now) else { return 0 }
+        var told = 0
+        for c in due where !isStopped {
+            do throws(FleetError) {
+                let s = try await plane.cancel(id: c.serverID)
+                contact()
+                do { try store.markFleetCancelSent(requestID: c.requestID, error: nil, at: engine.clock.now()) } catch {
+                    logger.error("request \(c.requestID): the control plane cancelled it, but that could not be recorded here: \(error.message) (it will be told again: harmless)")
+                }
+                told += 1
+                if s.state == "cancelled" {
+                    logger.info("request \(c.requestID) (server request \(c.serverID)) cancelled on the control plane too")
+                } else {
+                    logger.warning("request \(c.requestID) was cancelled here, but the control plane had already decided server request \(c.serverID): \(s.state) (\(s.message))")
+                }
+            } catch {
+                if Self.isTransient(error) {
+                    lost(error, "request cancels")
+                    try? store.markFleetCancelRetry(requestID: c.requestID, next: engine.clock.now().addingTimeInterval(Self.backoff(c.attempts)), error: error.message)
+                    break
+                }
+                contact()
+                try? store.markFleetCancelSent(requestID: c.requestID, error: error.message, at: engine.clock.now())
+                logger.warning("the control plane refused to cancel server request \(c.serverID) (request \(c.requestID) here): \(error.message)")
+            }
+        }
+        return told
+    }
+
     /// Asks about the open requests (bounded): denials and expiries are learnt here, never cached as denials
     /// of anything else.
     public func pollOpen() async {
@@ -257,6 +294,7 @@ public final class FleetSync: Sendable {
         var nextPoll = Date.distantPast, nextRenew = Date.distantPast
         while !isStopped {
             await sendOutbox()
+            await sendCancels()
             let now = Date()
             if now >= nextPoll {
                 await pollOpen()

@@ -53,6 +53,11 @@ public final class FleetSession: Sendable {
         try await call("GET", "/v1/requests/\(id)", body: Optional<FleetWire.RenewRequest>.none)
     }
 
+    /// Tells the control plane the user gave up on a request this host filed.
+    public func cancelRequest(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus {
+        try await call("POST", "/v1/requests/\(id)/cancel", body: Optional<FleetWire.RenewRequest>.none)
+    }
+
     /// The long-poll (`wait` at most 55 s: the read timeout is 70 s).
     public func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
         try await call("GET", "/v1/grants/stream?cursor=\(cursor)&wait=\(min(wait, 55))", body: Optional<FleetWire.RenewRequest>.none)

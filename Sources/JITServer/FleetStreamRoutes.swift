@@ -54,6 +54,10 @@ extension FleetAPI {
             let h = try context.caller()
             return try Self.json(try await Self.status(context.parameters.get("id"), for: h, with: filing))
         }
+        hosts.post("requests/:id/cancel") { _, context in
+            let h = try context.caller()
+            return try Self.json(try await Self.cancel(context.parameters.get("id"), for: h, with: filing))
+        }
     }
 
     /// `POST /v1/requests` once the body is read: 201 for a new request, 200 for the same `(caller, seq)` again.
@@ -69,6 +73,14 @@ extension FleetAPI {
             throw APIError(.notFound, "not_found", "there is no such request: the id is a whole number > 0")
         }
         return try await engine(filing).status(id: id, for: caller)
+    }
+
+    /// `POST /v1/requests/{id}/cancel`: the engine cancels only requests the caller filed, and only pending ones.
+    static func cancel(_ raw: String?, for caller: CallerHost, with filing: (any HostFiling)?) async throws -> FleetWire.RequestStatus {
+        guard let raw, let id = Int64(raw), id > 0 else {
+            throw APIError(.notFound, "not_found", "there is no such request: the id is a whole number > 0")
+        }
+        return try await engine(filing).cancel(id: id, for: caller)
     }
 
     static func engine(_ filing: (any HostFiling)?) throws -> any HostFiling {

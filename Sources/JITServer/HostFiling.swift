@@ -1,6 +1,6 @@
 public import JITFleet
 
-/// What the host-facing routes (`POST /v1/requests`, `GET /v1/requests/{id}`) ask of the control plane's
+/// What the host-facing routes (`POST /v1/requests`, `GET /v1/requests/{id}`, `POST /v1/requests/{id}/cancel`) ask of the control plane's
 /// decision engine. The caller is always the host the connection proved (`CallerHost`); `request.hosts` are
 /// targets checked against the rule, never the filer.
 ///
@@ -16,9 +16,16 @@ public protocol HostFiling: Sendable {
     /// `file`, and whether this call filed it (`true`: 201) or replayed an earlier `(caller, seq)` (`false`: 200).
     /// The default says `true` always; an engine that knows replays implements it.
     func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool)
+    /// Cancels a pending request the caller filed (its user gave up on that host), as its user; a request
+    /// already decided is left as it is and its status returned; another host's is `not_found`.
+    func cancel(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus
 }
 
 extension HostFiling {
+    public func cancel(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus {
+        throw FleetError("not_available", "this control plane cannot cancel requests filed by hosts")
+    }
+
     public func fileReportingReplay(_ request: FleetWire.HostRequest, from caller: CallerHost) async throws(FleetError) -> (FleetWire.RequestStatus, created: Bool) {
         (try await file(request, from: caller), true)
     }

@@ -147,6 +147,30 @@ public final class ServerEngine: HostFiling, Sendable {
         }
     }
 
+    public func cancel(id: Int64, for caller: CallerHost) async throws(FleetError) -> FleetWire.RequestStatus {
+        try await onPool { () throws(FleetError) in
+            do throws(JITError) {
+                guard let r = try self.store.request(id: id), r.filedByHost == caller.record.name else {
+                    throw JITError(.notFound, "there is no request \(id) filed by this host")
+                }
+                guard r.state == .pending else { return self.status(of: r) }
+                guard let who = self.engine.directory.user(name: r.user) else {
+                    throw JITError(.notFound, "the control plane does not know the user '\(r.user)' any more; request \(id) stays until it expires")
+                }
+                do throws(JITError) {
+                    let ended = try self.engine.cancel(id: id, by: who, why: "cancelled on host \(caller.record.name)")
+                    return self.status(of: ended)
+                } catch where error.code == .conflict {
+                    // Decided at the same moment (approved, denied, expired): that decision stands.
+                    if let now = try self.store.request(id: id) { return self.status(of: now) }
+                    throw error
+                }
+            } catch {
+                throw Self.fleetError(error)
+            }
+        }
+    }
+
     func onPool<T: Sendable>(_ body: @escaping @Sendable () throws(FleetError) -> T) async throws(FleetError) -> T {
         do {
             return try await pool.runIfActive { try body() }

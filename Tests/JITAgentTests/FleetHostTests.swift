@@ -16,6 +16,7 @@ final class FakePlane: ControlPlane {
         var events: [Int64: FleetWire.HostEvent] = [:]
         var eventPosts = 0
         var refuse: FleetError? = nil
+        var cancelled: [Int64] = []
     }
     let s = Mutex(State())
     var url: String { "https://cp.test:8443" }
@@ -43,6 +44,17 @@ final class FakePlane: ControlPlane {
         try check()
         guard let st = s.withLock({ $0.statuses[id] }) else { throw FleetError("not_found", "no request \(id)") }
         return st
+    }
+
+    func cancel(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus {
+        try check()
+        return try s.withLock { st throws(FleetError) in
+            guard var status = st.statuses[id] else { throw FleetError("not_found", "no request \(id)") }
+            st.cancelled.append(id)
+            if status.state == "pending" { status.state = "cancelled" }
+            st.statuses[id] = status
+            return status
+        }
     }
 
     func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
@@ -236,6 +248,34 @@ final class FakePlane: ControlPlane {
         #expect(m["decision"] == "allow")
         #expect(f.login()["decision"] == "allow")
         #expect(try f.h.engine.store.request(id: local)?.state == .approved)
+    }
+
+    @Test func aRequestCancelledHereIsCancelledOnTheControlPlaneOnceAndOnlyIfItLeftTheHost() async throws {
+        let f = try Fleet()
+        // Never sent: cancelled here, nothing to tell, and the filing is not sent afterwards.
+        let quiet = f.h.call(D.alice, "request", [("for", "1800"), ("reason", "first"), ("scope", "sudo")])
+        #expect(f.h.call(D.alice, "cancel", [("request", quiet["id"]!)])["state"] == "cancelled")
+        #expect(await f.sync.sendOutbox() == 0)
+        #expect(await f.sync.sendCancels() == 0)
+        #expect(f.plane.s.withLock { $0.filed.isEmpty && $0.cancelled.isEmpty })
+        // Sent, then cancelled here: the control plane is told, once, while away it is told when back.
+        let sent = f.h.call(D.alice, "request", [("for", "1800"), ("reason", "second"), ("scope", "sudo")])
+        #expect(await f.sync.sendOutbox() == 1)
+        let sid = try #require(try f.h.engine.store.fleetServerID(request: Int64(sent["id"]!)!))
+        f.plane.s.withLock { $0.away = true }
+        #expect(f.h.call(D.alice, "cancel", [("request", sent["id"]!)])["state"] == "cancelled")
+        #expect(await f.sync.sendCancels() == 0)
+        f.plane.s.withLock { $0.away = false }
+        f.h.clock.advance(120)
+        #expect(await f.sync.sendCancels() == 1)
+        #expect(await f.sync.sendCancels() == 0, "told once")
+        #expect(f.plane.s.withLock { $0.cancelled } == [sid])
+        #expect(f.plane.s.withLock { $0.statuses[sid]?.state } == "cancelled")
+        // Someone else's request cannot be cancelled by alice here (the engine's rule), so nothing is queued.
+        let bobs = f.h.call(D.bob, "request", [("for", "1800"), ("reason", "third"), ("scope", "sudo")])
+        #expect(await f.sync.sendOutbox() == 1)
+        #expect(f.h.call(D.alice, "cancel", [("request", bobs["id"]!)])["code"] == "unauthorized")
+        #expect(await f.sync.sendCancels() == 0)
     }
 
     @Test func whileTheServerIsAwayTheUserIsToldAndNothingIsLost() async throws {

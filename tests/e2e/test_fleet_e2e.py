@@ -98,6 +98,21 @@ def test_a_refused_login_names_the_request_as_the_control_plane_numbers_it(fleet
     assert third and f"an approver runs there: jit approve {third[0]}" in p.stdout, p.stdout
 
 
+def test_a_request_cancelled_on_the_host_is_cancelled_on_the_control_plane(fleet, team):
+    alice, bob = team["alice"], team["bob"]
+    h1 = fleet.add("h1", PROD)
+    p = h1.jit(alice, "request", "--for", "30m", "--reason", "changed my mind", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    local, sid = doc["id"], doc["approve_id"]
+    assert sid and fleet.pending(bob, alice), doc
+    p = h1.jit(alice, "cancel", str(local))
+    assert p.returncode == 0, p.stdout + p.stderr
+    until(lambda: not fleet.pending(bob, alice), 10, "the cancel on the control plane", fleet)
+    shown = fleet.control_json(bob, "show", str(sid))
+    assert shown["state"] == "cancelled" and shown["decided_by"] == alice, shown
+
+
 # --- The main story.
 
 def test_one_approval_grants_the_environment_and_a_revocation_ends_it_everywhere(fleet, team, etc):
@@ -320,6 +335,13 @@ def test_request_forged_with_another_hosts_certificate(plane, team):
         # h1 cannot read h2's filing.
         rid = r.json()["id"]
         assert host_session(ids["h1"], cp.ca).get(cp.url + f"/v1/requests/{rid}", timeout=10).status_code == 404
+        # Nor cancel it: another host's request is not found; the filer's cancel works, and only once it is pending.
+        r = host_session(ids["h1"], cp.ca).post(cp.url + f"/v1/requests/{rid}/cancel", timeout=10)
+        assert r.status_code == 404, r.text
+        assert cp.pg.sql(f"SELECT state FROM requests WHERE id = {rid}", db=cp.database) == [["pending"]]
+        r = host_session(ids["h2"], cp.ca).post(cp.url + f"/v1/requests/{rid}/cancel", timeout=10)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        assert cp.pg.sql(f"SELECT state, decided_by FROM requests WHERE id = {rid}", db=cp.database) == [["cancelled", alice]]
 
 
 def test_host_cannot_read_another_environments_grants(plane, team):
