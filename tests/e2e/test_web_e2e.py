@@ -261,6 +261,7 @@ def test_a_cross_site_page_cannot_sign_a_browser_in_nor_use_a_link(fleet, browse
     import threading
     evil = users.user("evil")
     url = link(fleet, evil)
+    started = time.time()
     code = url.split("code=", 1)[1]
     # The victim's browser has even opened that link's page once (its pre-session cookie is in the jar).
     browser.get(url)
@@ -269,6 +270,8 @@ def test_a_cross_site_page_cannot_sign_a_browser_in_nor_use_a_link(fleet, browse
 <input type="hidden" name="code" value="{code}"></form><script>document.forms[0].submit()</script>"""
 
     class Evil(http.server.BaseHTTPRequestHandler):
+        timeout = 5  # Chrome opens spare connections that never send a request
+
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
@@ -277,7 +280,8 @@ def test_a_cross_site_page_cannot_sign_a_browser_in_nor_use_a_link(fleet, browse
 
         def log_message(self, *a):
             pass
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Evil)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         old = browser.find_element(By.TAG_NAME, "html")
@@ -297,6 +301,7 @@ def test_a_cross_site_page_cannot_sign_a_browser_in_nor_use_a_link(fleet, browse
     assert r.status_code == 403 and "nobody was signed in" in r.text
     # None of it used the link up: in its own page, the button still signs in (as the attacker, which the page says).
     browser.get(url)
+    assert browser.find_elements(By.ID, "signin"), (time.time() - started, browser.find_element(By.TAG_NAME, "main").text)
     assert evil in browser.find_element(By.ID, "signin").text
     submit(browser, "signin")
     assert f"signed in as {evil}" in browser.find_element(By.TAG_NAME, "header").text
