@@ -107,7 +107,7 @@ public final class Engine: Sendable {
 
     func dispatch(_ m: Message, _ c: Identity) throws(JITError) -> Message {
         if onControlPlane, Engine.hostOnlyWords.contains(m.word) {
-            throw JITError(.badRequest, "'\(m.word)' is answered by a host's jitd, not by the control plane: run it on the host; the control plane's trail is read with 'jitd server audit'")
+            throw JITError(.badRequest, "'\(m.word)' is answered by a host's jitd, not by the control plane: run it on the host; the control plane's trail is read with 'jitd server audit', or 'jit audit' over HTTPS (jit login)")
         }
         do {
             switch m.word {
@@ -150,7 +150,10 @@ public final class Engine: Sendable {
                 guard r.user == c.name || c.isRoot || config.policy.isApprover(c) else {
                     throw JITError(.unauthorized, "request \(r.id) is not yours; only its owner, root and approvers may see it")
                 }
-                return Message("ok", r.fields)
+                // Whether approving it takes a one-time code (the web page shows the field only then; the
+                // engine asks for the code in `approve` whatever a client shows).
+                let mfa = config.policy.rule(named: r.rule)?.mfa == true
+                return Message("ok", r.fields + (mfa ? [("mfa", "1")] : []))
             case "approve":
                 try m.onlyKeys(["id", "comment", "otp"])
                 let d = try approve(id: try id(m, "id"), by: c, comment: try comment(m), otp: m["otp"])

@@ -375,6 +375,25 @@ extension Store {
         }
     }
 
+    /// Records in the trail that the control plane refused event `ev` on its own (`fleet.event_unshipped`:
+    /// its id, kind, the server's code and reason) and moves the shipping cursor past it, in one transaction: the
+    /// cursor never passes an event without that record. The record is a new event and ships like any other;
+    /// a refused record of this kind is stepped over without another (no record of a record, no loop).
+    public func markEventUnshipped(_ ev: AuditEvent, code: String, reason: String, at now: Date) throws(JITError) {
+        let data: [(String, String)] = [("event", String(ev.id)), ("event_kind", ev.kind), ("code", String(code.prefix(64))),
+                                        ("reason", String(reason.unicodeScalars.filter { $0.properties.generalCategory != .control }.prefix(300).map(Character.init)))]
+        try write { db in
+            if ev.kind != "fleet.event_unshipped" {
+                try db.execute(sql: "INSERT INTO audit_in VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               arguments: [Timestamps.millis(now), "fleet.event_unshipped", "jitd", ev.user, ev.requestID, ev.grantID, AuditChain.kv(data)])
+            }
+            try db.execute(sql: "UPDATE fleet_state SET events_acked = max(events_acked, ?), last_contact = ? WHERE id = 1",
+                           arguments: [ev.id, Timestamps.millis(now)])
+        }
+        appended.wake()
+        outboxWaker.wake()
+    }
+
     /// The server stored events up to `acked` (never moves back).
     public func markEventsAcked(_ acked: Int64, at now: Date) throws(JITError) {
         try write { db in

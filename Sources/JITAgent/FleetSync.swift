@@ -69,6 +69,11 @@ public final class FleetSync: Sendable {
     let pollEvery: Double
     static let pollLimit = 50
     static let eventBatch = 500
+    /// Events stepped over in a row (refused alone, none accepted since): past `maxSkipsInARow` the host stops
+    /// stepping over and waits, so a server that refuses everything (a bug, a version mismatch) cannot make it
+    /// skip its whole trail.
+    let skipsInARow = Atomic<Int>(0)
+    static let maxSkipsInARow = 10
 
     public init(engine: Engine, plane: any ControlPlane, host: Store.FleetHostFacts, wait: Int = 25, pollEvery: Double = 5) {
         self.engine = engine
@@ -228,20 +233,39 @@ public final class FleetSync: Sendable {
     // MARK: the trail
 
     /// Ships audit events after the acknowledged id, in batches; returns how many the server acknowledged.
+    ///
+    /// A batch the server refuses as too large (413) or unreadable (400) is halved and sent again, down to one
+    /// event. One event the server refuses on its own is recorded in this host's trail as not shipped
+    /// (`fleet.event_unshipped`, with its audit id and the server's reason; that record ships like any other)
+    /// and only then stepped over, in the same transaction: one bad event never stalls the trail, and none is
+    /// dropped without a trace. See docs/FLEET.md.
     @discardableResult
     public func shipEvents() async -> Int {
         var shipped = 0
+        var size = Self.eventBatch
         while !isStopped {
             guard let c = try? store.fleetCursor(), let events = try? store.fleetEvents(after: c.eventsAcked, limit: Self.eventBatch),
                   !events.isEmpty else { break }
-            let batch = FleetWire.EventBatch(events: events.map(Self.hostEvent))
+            let part = Array(events.prefix(size))
             do {
-                let ack = try await plane.send(batch)
+                let ack = try await plane.send(FleetWire.EventBatch(events: part.map(Self.hostEvent)))
                 contact()
                 try store.markEventsAcked(ack.acked, at: engine.clock.now())
                 guard ack.acked > c.eventsAcked else { break }
+                skipsInARow.store(0, ordering: .sequentiallyConsistent)
                 shipped += Int(ack.acked - c.eventsAcked)
-                if events.count < Self.eventBatch { break }
+                // Back towards full batches once a smaller one passed.
+                size = min(Self.eventBatch, size * 2)
+                if part.count == events.count && events.count < Self.eventBatch { break }
+            } catch let e as FleetError where Self.isRefusedBatch(e) {
+                contact()
+                if part.count > 1 {
+                    size = part.count / 2
+                    logger.warning("the control plane refused a batch of \(part.count) audit events (events \(part[0].id)-\(part[part.count - 1].id), \(e.code): \(e.message)); sending \(size) at a time")
+                    continue
+                }
+                guard skip(part[0], e) else { break }
+                size = Self.eventBatch
             } catch let e as FleetError {
                 if Self.isTransient(e) { lost(e, "event shipping") } else { logger.warning("the control plane refused audit events: \(e.message)") }
                 break
@@ -251,6 +275,31 @@ public final class FleetSync: Sendable {
             }
         }
         return shipped
+    }
+
+    /// Whether the server refused the batch itself (too large, or a field it does not take), rather than the host
+    /// or the call: then a smaller batch, or stepping over one event, can get the rest through.
+    static func isRefusedBatch(_ e: FleetError) -> Bool {
+        ["too_large", "http_413", "bad_request", "http_400"].contains(e.code)
+    }
+
+    /// Steps over one event the server refuses on its own, after recording that in the local trail. False when
+    /// it must not (recording failed, or too many in a row: the server seems to refuse everything).
+    func skip(_ ev: AuditEvent, _ e: FleetError) -> Bool {
+        let inARow = skipsInARow.load(ordering: .sequentiallyConsistent)
+        guard inARow < Self.maxSkipsInARow else {
+            logger.error("audit event \(ev.id) (\(ev.kind)) is refused by the control plane \(plane.url) (\(e.code): \(e.message)), after \(inARow) others in a row: not stepping over more; events wait here until the server takes event \(ev.id) (check the server's log and version)")
+            return false
+        }
+        do {
+            try store.markEventUnshipped(ev, code: e.code, reason: e.message, at: engine.clock.now())
+        } catch {
+            logger.error("audit event \(ev.id) (\(ev.kind)) is refused by the control plane (\(e.code): \(e.message)) and recording that locally failed (\(error.message)); it stays queued")
+            return false
+        }
+        skipsInARow.store(inARow + 1, ordering: .sequentiallyConsistent)
+        logger.error("audit event \(ev.id) (\(ev.kind), user \(ev.user)) is refused by the control plane \(plane.url) on its own (\(e.code): \(e.message)): NOT SHIPPED. It stays in this host's trail (jit audit); the refusal is recorded there as fleet.event_unshipped, and shipping goes on with the next event")
+        return true
     }
 
     static func hostEvent(_ e: AuditEvent) -> FleetWire.HostEvent {

@@ -87,6 +87,10 @@ struct Connection: ParsableArguments {
     func wait(request id: Int64, timeout: Int64) throws(CLIError) -> Message {
         let t = min(timeout, 3600)
         if let r = try remote() {
+            // Locally, jitd cancels the request when the waiting client goes away (cancel_on_close); over HTTPS
+            // nothing notices, so the CLI itself sends the cancel on Ctrl-C or SIGTERM, then ends as locally.
+            let interrupt = CancelOnInterrupt(request: id, remote: r)
+            defer { interrupt.stop() }
             let deadline = Date().addingTimeInterval(Double(t))
             while true {
                 let left = Int64(max(deadline.timeIntervalSinceNow.rounded(.up), 0))

@@ -156,3 +156,45 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws(FleetErro
 final class Outcome<T: Sendable>: Sendable {
     let value = Mutex<Result<T, FleetError>?>(nil)
 }
+
+/// While `jit request --wait` waits on a control plane: SIGINT (Ctrl-C) or SIGTERM cancels the request it filed
+/// (the server's `cancel`, bounded to 10 s), says so on stderr, then ends the process by that same signal, as
+/// a local `jit` ends (there jitd cancels when the waiting client's socket closes). If the cancel fails, the
+/// sentence says so and how to cancel by hand. `stop()` puts the default handlers back.
+final class CancelOnInterrupt: @unchecked Sendable {
+    // Touched only in init and stop(), on the thread that waits; the handlers run on a dispatch queue.
+    private var sources: [any DispatchSourceSignal] = []
+    static let signals: [Int32] = [SIGINT, SIGTERM]
+
+    init(request id: Int64, remote: Remote) {
+        for sig in Self.signals {
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler {
+                let text: String
+                do {
+                    _ = try remote.call(Message("cancel", [("request", String(id))]), timeout: 10)
+                    text = "jit: interrupted: request \(id) cancelled."
+                } catch let e as CLIError {
+                    text = "jit: interrupted, but cancelling request \(id) at \(remote.client.server) failed (\(e.message)); cancel it with: jit cancel \(id)"
+                } catch {
+                    text = "jit: interrupted, but cancelling request \(id) at \(remote.client.server) failed (\(error)); cancel it with: jit cancel \(id)"
+                }
+                printErr(text)
+                // End by the signal itself (exit status 128+N in a shell), as a local jit does.
+                signal(sig, SIG_DFL)
+                kill(getpid(), sig)
+                usleep(500_000)
+                Glibc.exit(128 + sig)
+            }
+            src.resume()
+            sources.append(src)
+        }
+    }
+
+    func stop() {
+        for s in sources { s.cancel() }
+        sources = []
+        for sig in Self.signals { signal(sig, SIG_DFL) }
+    }
+}

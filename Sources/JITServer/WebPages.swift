@@ -123,12 +123,17 @@ enum WebPages {
             """
         if !warnings.isEmpty { body += "<ul class=\"warnings\">\(warnings)</ul>" }
         if state == "pending" {
+            // The code field only where the request's rule asks approvers for one (`mfa: 1` from the engine's
+            // `show`); the engine requires the code for such a rule whatever this form sends.
+            let otp = v(r, "mfa") != "1" ? "" : """
+                <label for="otp">One-time code (rule \(esc(v(r, "rule") ?? "?")) asks approvers for one: your authenticator app's code)</label>
+                <input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6,8}" maxlength="8">
+                """
             body += """
                 <form method="post" action="/web/requests/\(id)" class="decide">
                 <input type="hidden" name="csrf" value="\(esc(csrf))">
                 <label for="comment">Comment</label><textarea id="comment" name="comment" rows="2" maxlength="500"></textarea>
-                <label for="otp">TOTP code (when the rule asks for one)</label>
-                <input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6,8}" maxlength="8">
+                \(otp)
                 <div class="buttons"><button id="approve" name="decision" value="approve" class="approve">Approve</button>
                 <button id="deny" name="decision" value="deny" class="deny">Deny</button></div>
                 </form>
@@ -164,11 +169,11 @@ enum WebPages {
     }
 
     /// The page a one-time link opens: one button, so that a link previewer fetching the URL does not use it up.
-    static func confirmLogin(user: String, code: String) -> String {
+    static func confirmLogin(user: String, code: String, csrf: String) -> String {
         layout(title: "Sign in", user: nil, csrf: nil, body: """
             <h1>Sign in to jit-access</h1>
             <p class="lead">This link signs this browser in as <b>\(esc(user))</b> for 8 hours. It works once.</p>
-            <form method="post" action="/web/login"><input type="hidden" name="code" value="\(esc(code))">
+            <form method="post" action="/web/login"><input type="hidden" name="code" value="\(esc(code))"><input type="hidden" name="csrf" value="\(esc(csrf))">
             <button id="signin" class="approve">Sign in as \(esc(user))</button></form>
             """)
     }

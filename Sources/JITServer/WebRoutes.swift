@@ -67,13 +67,19 @@ extension WebServices {
 /// The web approval page (`/web/...`) and the call that opens it (`POST /v1/web/link`).
 ///
 /// Sign-in has no password: a person already signed in with `jit login` asks for a one-time link (60 s, one
-/// use, stored hashed); opening it and pressing "Sign in" sets a session cookie (`__Host-`, Secure, HttpOnly,
+/// use, stored hashed); opening it shows a page that sets a pre-session cookie (`__Host-jit_signin`, 120 s) and
+/// pressing "Sign in" there posts the code with a token bound to that cookie (login CSRF: a cross-site page
+/// cannot sign a browser in, nor use a link up); that sets a session cookie (`__Host-`, Secure, HttpOnly,
 /// SameSite=Strict, 8 h, stored hashed). Every form carries the session's CSRF token and every POST checks it.
 /// Every page is sent with a CSP that allows no script, no frame and forms only to this origin.
 public struct WebRoutes: Sendable {
     public static let linkLifetime: TimeInterval = 60
     public static let sessionLifetime: TimeInterval = 8 * 3600
     static let cookie = "__Host-jit_session"
+    /// The pre-session cookie of the sign-in page (login CSRF), and how long it lasts: the link's 60 s and a
+    /// minute to press the button.
+    static let signInCookie = "__Host-jit_signin"
+    static let signInLifetime: TimeInterval = 120
     static let maxForm = 16 * 1024
 
     let services: WebServices
@@ -259,12 +265,20 @@ public struct WebRoutes: Sendable {
                 guard WebSecret.wellFormed(code),
                       let user = try await services.sessions.peekLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), now: services.now())
                 else { throw Self.linkRefused }
-                return Self.html(WebPages.confirmLogin(user: user, code: code))
+                // The pre-session: a cookie only this browser holds (SameSite=Strict, so a cross-site POST never
+                // carries it) and a token bound to it and to this link, which only this page shows.
+                let pre = WebSecret.make()
+                let cookie = "\(Self.signInCookie)=\(pre); Path=/; Max-Age=\(Int(Self.signInLifetime)); Secure; HttpOnly; SameSite=Strict"
+                return Self.html(WebPages.confirmLogin(user: user, code: code, csrf: WebSecret.signInCSRF(pre: pre, code: code)),
+                                 extra: [.setCookie: cookie])
             }
         }
         router.post("web/login") { request, context in
             await page(request, context) {
-                let code = try await Self.form(request)["code"] ?? ""
+                let form = try await Self.form(request)
+                let code = form["code"] ?? ""
+                // Checked before the link is looked at: a forged form uses nothing up.
+                try Self.checkSignIn(form, request)
                 guard WebSecret.wellFormed(code),
                       let link = try await services.sessions.redeemLink(hash: WebSecret.hash(code, purpose: "jit-web-link"), now: services.now())
                 else { throw Self.linkRefused }
@@ -274,7 +288,9 @@ public struct WebRoutes: Sendable {
                                                        expiresAt: services.now().addingTimeInterval(Self.sessionLifetime))
                 context.logger.info("web session opened for \(user) from \(context.peer)")
                 let cookie = "\(Self.cookie)=\(secret); Path=/; Max-Age=\(Int(Self.sessionLifetime)); Secure; HttpOnly; SameSite=Strict"
-                return Self.redirect("/web/", extra: [.setCookie: cookie])
+                var extra: HTTPFields = [.setCookie: cookie]
+                extra.append(contentsOf: [.setCookie: "\(Self.signInCookie)=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"] as HTTPFields)
+                return Self.redirect("/web/", extra: extra)
             }
         }
         router.post("web/logout") { request, context in
@@ -341,6 +357,24 @@ public struct WebRoutes: Sendable {
                 context.logger.info("\(v.identity.name) chose \(m.word) on request \(id) on the web page")
                 return Self.redirect("/web/requests/\(id)?done=\(m.word)")
             }
+        }
+    }
+
+    /// The sign-in form's check (login CSRF): the POST must come from the page `GET /web/login` showed in this
+    /// browser: it carries that page's pre-session cookie and the token bound to it and to the link's code. A
+    /// cross-site page can neither read the token nor make the browser send the SameSite=Strict cookie, so it
+    /// cannot sign a victim's browser into the attacker's account, nor use up someone's link. A browser that
+    /// says the form came from another site (`Sec-Fetch-Site`) is refused outright.
+    static func checkSignIn(_ form: [String: String], _ request: Request) throws {
+        if let site = request.headers[.init("Sec-Fetch-Site")!], site != "same-origin" {
+            throw PageError(status: .forbidden, title: "Sign-in refused",
+                            text: "This sign-in form was sent from another site (Sec-Fetch-Site: \(site.prefix(20))), so nobody was signed in. Open the link from 'jit web' in this browser and press Sign in there.")
+        }
+        guard let pre = request.cookies[Self.signInCookie]?.value, WebSecret.wellFormed(pre), let token = form["csrf"],
+              WebSecret.same(token, WebSecret.signInCSRF(pre: pre, code: form["code"] ?? ""))
+        else {
+            throw PageError(status: .forbidden, title: "Sign-in refused",
+                            text: "This sign-in form did not come from the sign-in page this browser opened (its sign-in cookie or token is missing, wrong or older than \(Int(signInLifetime)) seconds), so nobody was signed in and the link is still unused. Open the link from 'jit web' again in this browser and press Sign in.")
         }
     }
 

@@ -173,6 +173,12 @@ enum WebSecret {
         hash(secret, purpose: "jit-web-csrf")
     }
 
+    /// The sign-in form's token: derived from the pre-session cookie's secret and the link's code, so it is
+    /// good only in the browser that opened that link's page, and only for that link.
+    static func signInCSRF(pre secret: String, code: String) -> String {
+        hash(secret + ":" + code, purpose: "jit-web-signin")
+    }
+
     /// Compares in time independent of where they differ.
     static func same(_ a: String, _ b: String) -> Bool {
         let x = Array(a.utf8), y = Array(b.utf8)

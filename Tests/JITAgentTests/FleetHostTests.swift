@@ -17,6 +17,12 @@ final class FakePlane: ControlPlane {
         var eventPosts = 0
         var refuse: FleetError? = nil
         var cancelled: [Int64] = []
+        /// The largest event body (JSON bytes) taken: larger is 413, as the server's body limit answers.
+        var eventBodyLimit: Int? = nil
+        /// Events the server refuses with 400 whatever batch they come in (the server names the first bad one).
+        var badEvents: Set<Int64> = []
+        /// Every batch posted, as its events' seqs.
+        var batches: [[Int64]] = []
     }
     let s = Mutex(State())
     var url: String { "https://cp.test:8443" }
@@ -67,8 +73,16 @@ final class FakePlane: ControlPlane {
 
     func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck {
         try check()
-        return s.withLock { st in
+        let size = (try? JSONEncoder().encode(b).count) ?? 0
+        return try s.withLock { st throws(FleetError) in
             st.eventPosts += 1
+            st.batches.append(b.events.map(\.seq))
+            if let limit = st.eventBodyLimit, size > limit {
+                throw FleetError("too_large", "the request body is larger than \(limit / 1024) KiB; send less at once")
+            }
+            if let hit = b.events.enumerated().first(where: { st.badEvents.contains($0.element.seq) }) {
+                throw FleetError("bad_request", "events[\(hit.offset)] (seq \(hit.element.seq)): kind is longer than 256 bytes")
+            }
             for e in b.events where st.events[e.seq] == nil { st.events[e.seq] = e }
             return FleetWire.EventAck(acked: st.events.keys.max() ?? 0)
         }
@@ -380,6 +394,61 @@ final class FakePlane: ControlPlane {
         #expect(f.plane.s.withLock { $0.eventPosts } == posts)
         let filed = try #require(f.plane.s.withLock { $0.events.values.first { $0.kind == "request.filed" } })
         #expect(filed.user == "alice" && filed.data["service"] == "sshd" && filed.data["request_id"] != nil)
+    }
+
+    /// 413 on a batch: halved until it passes; one event too large on its own (413) or refused on its own (400)
+    /// is recorded locally as not shipped, then stepped over; nothing else is lost, nothing stalls.
+    @Test func aRefusedBatchIsSplitAndAnEventRefusedAloneIsRecordedThenSkipped() async throws {
+        let f = try Fleet()
+        for i in 0..<40 { try f.h.engine.store.record("test.event", actor: "jitd", user: "alice", data: [("n", String(i))], at: f.now) }
+        // One event far larger than the rest: alone it is over the limit.
+        try f.h.engine.store.record("test.big", actor: "jitd", user: "alice", data: [("blob", String(repeating: "x", count: 20_000))], at: f.now)
+        for i in 0..<10 { try f.h.engine.store.record("test.after", actor: "jitd", user: "alice", data: [("n", String(i))], at: f.now) }
+        let all = try f.h.engine.store.fleetEvents(after: 0, limit: 1000)
+        let big = try #require(all.first { $0.kind == "test.big" }).id
+        let bad = try #require(all.filter { $0.kind == "test.event" }.last).id
+        f.plane.s.withLock { $0.eventBodyLimit = 8_000; $0.badEvents = [bad] }
+        await f.sync.shipEvents()
+        let (stored, batches) = f.plane.s.withLock { ($0.events, $0.batches) }
+        // Split: after the full batch, smaller ones.
+        #expect(batches.count > 3)
+        #expect(batches[0].count == all.count)
+        #expect(batches.contains { $0 == [big] } && batches.contains { $0 == [bad] })
+        // Every event but the two refused ones reached the server, and the two records of their refusal did too.
+        for e in all where e.id != big && e.id != bad { #expect(stored[e.id] != nil, "event \(e.id) \(e.kind) not shipped") }
+        #expect(stored[big] == nil && stored[bad] == nil)
+        let records = stored.values.filter { $0.kind == "fleet.event_unshipped" }.sorted { $0.seq < $1.seq }
+        #expect(records.map { $0.data["event"] } == [String(bad), String(big)].sorted { Int($0)! < Int($1)! })
+        #expect(records.first { $0.data["event"] == String(big) }?.data["code"] == "too_large")
+        #expect(records.first { $0.data["event"] == String(bad) }?.data["reason"]?.contains("seq \(bad)") == true)
+        // They are in the host's own trail, and the cursor is past everything.
+        let local = try f.h.engine.store.fleetEvents(after: 0, limit: 1000).filter { $0.kind == "fleet.event_unshipped" }
+        #expect(local.count == 2)
+        #expect(try f.h.engine.store.fleetCursor().eventsAcked == (stored.keys.max() ?? 0))
+        #expect(try f.h.engine.store.fleetEvents(after: try f.h.engine.store.fleetCursor().eventsAcked, limit: 10).isEmpty)
+        // Nothing more to send: a second pass posts nothing.
+        let posts = f.plane.s.withLock { $0.eventPosts }
+        #expect(await f.sync.shipEvents() == 0)
+        #expect(f.plane.s.withLock { $0.eventPosts } == posts)
+    }
+
+    /// A server that refuses every event does not make the host skip its whole trail: it steps over a few, then waits.
+    @Test func aServerThatRefusesEverythingDoesNotEmptyTheTrail() async throws {
+        let f = try Fleet()
+        for i in 0..<30 { try f.h.engine.store.record("test.event", actor: "jitd", user: "alice", data: [("n", String(i))], at: f.now) }
+        let ids = Set(try f.h.engine.store.fleetEvents(after: 0, limit: 1000).map(\.id))
+        f.plane.s.withLock { $0.badEvents = ids }
+        await f.sync.shipEvents()
+        let acked = try f.h.engine.store.fleetCursor().eventsAcked
+        let skipped = try f.h.engine.store.fleetEvents(after: 0, limit: 1000).filter { $0.kind == "fleet.event_unshipped" }
+        #expect(skipped.count == FleetSync.maxSkipsInARow)
+        #expect(ids.filter { $0 > acked }.count == ids.count - FleetSync.maxSkipsInARow)
+        // Once the server takes events again, the rest goes through (and the records of the skipped ones).
+        f.plane.s.withLock { $0.badEvents = [] }
+        await f.sync.shipEvents()
+        let stored = f.plane.s.withLock { $0.events }
+        #expect(ids.filter { stored[$0] != nil }.count == ids.count - FleetSync.maxSkipsInARow)
+        #expect(stored.values.filter { $0.kind == "fleet.event_unshipped" }.count == FleetSync.maxSkipsInARow)
     }
 
     @Test func renewalIsDueInTheLastThirdOfTheCertificatesLife() {

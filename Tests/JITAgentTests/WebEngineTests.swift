@@ -28,8 +28,15 @@ import Testing
         let code = try await c.execute(uri: "/v1/web/link", method: .post, headers: [.authorization: "Bearer \(token)"]) { r in
             String(try JSONDecoder().decode(FleetWire.WebLink.self, from: Data(buffer: r.body)).url.split(separator: "=", maxSplits: 1)[1])
         }
-        let r = try await c.execute(uri: "/web/login", method: .post, headers: [.contentType: "application/x-www-form-urlencoded"], body: ByteBuffer(string: "code=\(code)"))
-        return String(try #require(r.headers[.setCookie]).split(separator: ";")[0])
+        // As a browser does: open the link's page (its pre-session cookie and form token), then press Sign in.
+        let page = try await c.execute(uri: "/web/login?code=\(code)", method: .get)
+        let pre = String(try #require(page.headers[.setCookie]).split(separator: ";")[0])
+        let body = String(buffer: page.body), marker = "name=\"csrf\" value=\""
+        let token = String(body[try #require(body.range(of: marker)).upperBound...].prefix { $0 != "\"" })
+        let r = try await c.execute(uri: "/web/login", method: .post, headers: [.contentType: "application/x-www-form-urlencoded", .cookie: pre],
+                                    body: ByteBuffer(string: "code=\(code)&csrf=\(token)"))
+        #expect(r.status == .seeOther)
+        return String(try #require(r.headers[values: .setCookie].first { $0.hasPrefix("__Host-jit_session=") }).split(separator: ";")[0])
     }
 
     static func page(_ c: some TestClientProtocol, _ uri: String, _ cookie: String) async throws -> (HTTPResponse.Status, String) {
@@ -64,10 +71,16 @@ import Testing
             #expect(!pending.contains("<script>"))
             let (_, full) = try await Self.page(c, "/web/requests/\(id)", erin)
             for needle in ["judy", "office-login", "production", "30m", "Approvals so far"] { #expect(full.contains(needle), "\(needle)") }
+            // office-login has mfa: true: its page asks for the code.
+            #expect(full.contains("name=\"otp\""))
             // No code, a wrong code: the engine's own sentences, nothing decided.
             let (s1, noCode) = try await Self.decide(c, id, erin, "decision=approve")
-            #expect(s1 == .forbidden || s1 == .badRequest)
-            #expect(noCode.contains("--otp"))
+            #expect(s1 == .forbidden)
+            // The CLI's own sentence (what 'jit approve' without --otp prints), on the page.
+            let cli = try #require(call(D.erin, "approve", [("id", String(id))])["message"])
+            #expect(cli.contains("requires approvers to confirm with a one-time code"))
+            #expect(noCode.contains(WebPages.esc(cli)), "\(noCode)")
+            #expect(try engine.store.request(id: id)?.state == .pending)
             let code = TOTP.code(secret: secret, step: TOTP.step(at: clock.now()))
             let (_, wrong) = try await Self.decide(c, id, erin, "decision=approve&otp=\(code == "000000" ? "111111" : "000000")")
             #expect(wrong.contains("wrong"))
@@ -88,6 +101,30 @@ import Testing
             let (s3, own) = try await Self.decide(c, id2, judy, "decision=approve")
             #expect(s3 == .forbidden)
             #expect(try engine.store.request(id: id2)?.state == .pending, "\(own)")
+        }
+    }
+
+    /// The code field is shown only where the request's rule asks for a code (two-sre has mfa: false).
+    @Test func theCodeFieldOnlyWhereTheRuleAsksForIt() async throws {
+        let h = try Harness(yaml: PolicyEngineTests.yaml)
+        let filed = h.call(D.judy, "request", [("for", "1800"), ("reason", "sudo for OPS-8"), ("scope", "sudo")])
+        let id = try #require(filed["id"].flatMap { Int64($0) }, "\(filed)")
+        #expect(filed["rule"] == "two-sre")
+        #expect(h.call(D.erin, "show", [("id", String(id))])["mfa"] == nil)
+        let sessions = MemoryWebSessions()
+        let engine = h.engine
+        try await app(h, sessions).test(.router) { c in
+            let erin = try await Self.signIn(c, "t-erin")
+            let (status, page) = try await Self.page(c, "/web/requests/\(id)", erin)
+            #expect(status == .ok)
+            #expect(page.contains("two-sre"))
+            #expect(page.contains("id=\"approve\""))
+            #expect(!page.contains("name=\"otp\""))
+            #expect(!page.contains("One-time code"))
+            // Approving without a code works for such a rule (the first of its two approvals).
+            let (s, _) = try await Self.decide(c, id, erin, "decision=approve")
+            #expect(s == .seeOther)
+            #expect(try engine.store.request(id: id)?.approvals == ["erin"])
         }
     }
 }

@@ -25,7 +25,7 @@ final class FakeEngine: Sendable {
         state.withLock {
             $0.requests[7] = [("id", "7"), ("state", "pending"), ("user", "carol"), ("uid", "1003"), ("environment", "prod"), ("scope", "sudo"),
                               ("runas", "root"), ("duration", "1800"), ("reason", "fix <script>alert(1)</script> & \"quotes\""),
-                              ("created_at", "2026-12-02T01:00:00Z"), ("expires_at", "2026-12-02T02:00:00Z"), ("rule", "prod-sudo"), ("ticket", "OPS-12")]
+                              ("created_at", "2026-12-02T01:00:00Z"), ("expires_at", "2026-12-02T02:00:00Z"), ("rule", "prod-sudo"), ("mfa", "1"), ("ticket", "OPS-12")]
             $0.requests[8] = [("id", "8"), ("state", "pending"), ("user", "alice"), ("uid", "1001"), ("environment", "prod"), ("scope", "login"),
                               ("runas", "root"), ("duration", "600"), ("reason", "mine"), ("created_at", "2026-12-02T01:00:00Z"),
                               ("expires_at", "2026-12-02T02:00:00Z"), ("rule", "prod-login")]
@@ -117,13 +117,23 @@ extension TestClientProtocol {
         return try await execute(uri: uri, method: .post, headers: h, body: ByteBuffer(string: form))
     }
 
-    /// Signs in with a fresh link for `token`; returns the Cookie header value.
+    /// Opens a link's page as a browser does: returns the pre-session cookie it sets and the form's token.
+    func open(code: String) async throws -> (cookie: String, csrf: String) {
+        let page = try await get("/web/login?code=\(code)", cookie: nil)
+        #expect(page.status == .ok)
+        let set = try #require(page.headers[.setCookie])
+        return (String(set.split(separator: ";")[0]), try csrf(in: text(page)))
+    }
+
+    /// Signs in with a fresh link for `token` (opens its page, presses Sign in); returns the Cookie header value.
     func signIn(_ token: String) async throws -> String {
         let code = try await link(token)
-        let r = try await post("/web/login", form: "code=\(code)")
+        let (pre, form) = try await open(code: code)
+        let r = try await post("/web/login", form: "code=\(code)&csrf=\(form)", cookie: pre)
         #expect(r.status == .seeOther)
         #expect(r.headers[.location] == "/web/")
         let set = try #require(r.headers[.setCookie])
+        #expect(set.hasPrefix("__Host-jit_session="))
         return String(set.split(separator: ";")[0])
     }
 
@@ -152,9 +162,17 @@ func csrf(in page: String) throws -> String {
             let ask = try await c.get("/web/login?code=\(code)", cookie: nil)
             #expect(ask.status == .ok)
             #expect(text(ask).contains("Sign in as alice"))
-            let r = try await c.post("/web/login", form: "code=\(code)")
+            // The page's pre-session cookie is as locked down as the session's, and short.
+            let preSet = try #require(ask.headers[.setCookie])
+            #expect(preSet.hasPrefix("__Host-jit_signin="))
+            for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=120"] { #expect(preSet.contains("; \(attr)"), "\(attr) in \(preSet)") }
+            let pre = String(preSet.split(separator: ";")[0]), token = try csrf(in: text(ask))
+            let r = try await c.post("/web/login", form: "code=\(code)&csrf=\(token)", cookie: pre)
             #expect(r.status == .seeOther)
-            let set = try #require(r.headers[.setCookie])
+            // The session cookie is set and the pre-session one cleared.
+            let cookies = r.headers[values: .setCookie]
+            #expect(cookies.contains { $0.hasPrefix("__Host-jit_signin=;") && $0.contains("Max-Age=0") })
+            let set = try #require(cookies.first { $0.hasPrefix("__Host-jit_session=") })
             #expect(set.hasPrefix("__Host-jit_session="))
             for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] { #expect(set.contains("; \(attr)"), "\(attr) in \(set)") }
             // The store holds a hash, never the cookie's secret.
@@ -162,7 +180,7 @@ func csrf(in page: String) throws -> String {
             #expect(await h.sessions.sessions[secret] == nil)
             #expect(await h.sessions.sessions[WebSecret.hash(secret, purpose: "jit-web-session")]?.user == "alice")
             // The same link again: refused, whether opened or posted.
-            let again = try await c.post("/web/login", form: "code=\(code)")
+            let again = try await c.post("/web/login", form: "code=\(code)&csrf=\(token)", cookie: pre)
             #expect(again.status == .forbidden)
             #expect(again.headers[.setCookie] == nil)
             #expect(text(again).contains("already used or has expired"))
@@ -174,8 +192,46 @@ func csrf(in page: String) throws -> String {
         let h = WebHarness()
         try await h.app().test(.router) { c in
             let code = try await c.link("tok-alice")
+            let (pre, token) = try await c.open(code: code)
             h.time.advance(61)
-            #expect(try await c.post("/web/login", form: "code=\(code)").status == .forbidden)
+            let late = try await c.post("/web/login", form: "code=\(code)&csrf=\(token)", cookie: pre)
+            #expect(late.status == .forbidden)
+            #expect(text(late).contains("already used or has expired"))
+        }
+    }
+
+    /// Login CSRF: a page on another site posts an attacker's own link into the victim's browser. Without the
+    /// pre-session cookie and its token (which only the sign-in page this browser opened holds) nobody is
+    /// signed in, and the link is not used up.
+    @Test func aSignInFormFromElsewhereSignsNobodyIn() async throws {
+        let h = WebHarness()
+        try await h.app().test(.router) { c in
+            let code = try await c.link("tok-carol")
+            let (pre, token) = try await c.open(code: code)
+            let refusals: [(String, String?, HTTPFields)] = [
+                ("code=\(code)", nil, [:]),                                   // a bare cross-site form
+                ("code=\(code)&csrf=\(token)", nil, [:]),                     // the token without the browser's cookie
+                ("code=\(code)", pre, [:]),                                    // the cookie without the token
+                ("code=\(code)&csrf=\(String(repeating: "0", count: 64))", pre, [:]),
+                ("code=\(code)&csrf=\(token)", pre, [.init("Sec-Fetch-Site")!: "cross-site"]),
+            ]
+            for (form, cookie, extra) in refusals {
+                var headers: HTTPFields = [.contentType: "application/x-www-form-urlencoded"]
+                if let cookie { headers[.cookie] = cookie }
+                headers.append(contentsOf: extra)
+                let r = try await c.execute(uri: "/web/login", method: .post, headers: headers, body: ByteBuffer(string: form))
+                #expect(r.status == .forbidden, "\(form) \(cookie ?? "-")")
+                #expect(text(r).contains("nobody was signed in"), "\(text(r))")
+                #expect(!r.headers[values: .setCookie].contains { $0.hasPrefix("__Host-jit_session=") })
+            }
+            // Another link's page gives a token that does not fit this link.
+            let other = try await c.link("tok-carol")
+            let (otherPre, otherToken) = try await c.open(code: other)
+            #expect(try await c.post("/web/login", form: "code=\(code)&csrf=\(otherToken)", cookie: otherPre).status == .forbidden)
+            // None of it used the link up: the page this browser opened still signs in.
+            let ok = try await c.post("/web/login", form: "code=\(code)&csrf=\(token)", cookie: pre + "; other=1")
+            #expect(ok.status == .seeOther)
+            #expect(await h.sessions.sessions.values.map(\.user) == ["carol"])
         }
     }
 

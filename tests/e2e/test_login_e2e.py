@@ -258,6 +258,76 @@ def test_api_tokens_file_and_wait_are_scoped_and_revocable(plane, persons, peopl
     assert p.returncode == 5 and "revoked" in p.stderr, p.stderr
 
 
+def test_ctrl_c_on_wait_over_https_cancels_the_request_on_the_server(plane, persons):
+    """As against a local agent (test_agent_cli: jitd cancels when the waiting client goes away), Ctrl-C on
+    `jit request --wait` cancels the request, here on the control plane, and jit ends by the signal."""
+    bob, alice = persons("bob"), persons("alice")
+    for p in (bob, alice):
+        p.register()
+        assert p.login().returncode == 0
+    waiter = subprocess.Popen(["setpriv", "--reuid", alice.name, "--regid", alice.name, "--init-groups", "--",
+                               JIT, "request", "--env", "staging", "--sudo", "--for", "20m", "--reason", "ctrl-c 77", "--wait"],
+                              env=alice.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rid = None
+    deadline = time.time() + 30
+    while rid is None and time.time() < deadline:
+        rows = json.loads(bob.jit("list", "--pending", "--json").stdout or "[]")
+        rid = next((r["id"] for r in rows if r["reason"] == "ctrl-c 77"), None)
+        time.sleep(0.2)
+    if rid is None:
+        waiter.kill()
+        out, err = waiter.communicate()
+        raise AssertionError(f"the request never showed up: {out} {err}")
+    time.sleep(0.5)  # in its wait call
+    waiter.send_signal(signal.SIGINT)
+    out, err = waiter.communicate(timeout=30)
+    # Ended by SIGINT, as a local jit is; it says what it did.
+    assert waiter.returncode == -signal.SIGINT, (waiter.returncode, out, err)
+    assert f"request {rid} cancelled" in err, err
+    shown = json.loads(bob.jit("show", str(rid), "--json").stdout)
+    assert shown["state"] == "cancelled", shown
+    # Without a signal, a --wait that times out leaves the request pending (it cancels only when interrupted).
+    p = alice.jit("request", "--env", "staging", "--sudo", "--for", "20m", "--reason", "timeout 78", "--wait", "--timeout", "1s", "--json")
+    assert p.returncode == 3, p.stderr
+    assert json.loads(p.stdout)["state"] == "pending"
+
+
+def test_jit_audit_reads_the_central_trail_for_approvers_and_only_your_own_otherwise(plane, persons):
+    bob, alice = persons("bob"), persons("alice")
+    for p in (bob, alice):
+        p.register()
+        assert p.login().returncode == 0
+    r = alice.jit("request", "--env", "staging", "--sudo", "--for", "20m", "--reason", "audit 90", "--json")
+    assert r.returncode == 0, r.stderr
+    rid = json.loads(r.stdout)["id"]
+    assert bob.jit("approve", str(rid)).returncode == 0
+    # An event a host shipped (as POST /v1/events stores it).
+    plane.pg.sql("INSERT INTO host_events (host, seq, at, kind, actor, user_name, data) VALUES "
+                 f"('web1', 42, now(), 'session.open', 'sshd', '{alice.name}', '{{\"service\": \"sshd\", \"request_id\": \"{rid}\"}}')",
+                 db=plane.database)
+    r = bob.jit("audit", "--json")
+    assert r.returncode == 0, r.stderr
+    events = json.loads(r.stdout)
+    approved = [e for e in events if e["kind"] == "request.approved" and e["request_id"] == rid]
+    assert approved and approved[0]["actor"] == bob.name and approved[0]["data"]["source"] == "server", events
+    shipped = [e for e in events if e["kind"] == "session.open"]
+    assert shipped and shipped[0]["data"]["host"] == "web1" and shipped[0]["data"]["source"] == "host" and shipped[0]["request_id"] == rid
+    assert shipped[0]["id"] == 42 and shipped[0]["user"] == alice.name
+    # The table, and the filters.
+    r = bob.jit("audit", "--user", alice.name, "--since", "1h")
+    assert r.returncode == 0 and "request.approved" in r.stdout and "session.open" in r.stdout, r.stdout + r.stderr
+    # A plain user reads only events about themselves, and never another's.
+    r = alice.jit("audit", "--json")
+    assert r.returncode == 0, r.stderr
+    mine = json.loads(r.stdout)
+    assert mine and all(e["user"] == alice.name for e in mine) and any(e["kind"] == "session.open" for e in mine)
+    r = alice.jit("audit", "--user", bob.name)
+    assert r.returncode == 5 and "only approvers" in r.stderr, r.stderr
+    # verify is a host's chain: refused over the network with the reason.
+    r = bob.jit("audit", "verify")
+    assert r.returncode != 0 and "audit_verify" in r.stderr, r.stderr
+
+
 def test_config_folder_readable_by_others_is_refused(plane, persons):
     bob = persons("bob")
     bob.register()

@@ -142,6 +142,12 @@ MFA_RULE = """  - name: web-mfa
     scopes: [login, sudo]
     max_duration: 2h
     approvals: {groups: [jit-approvers], mfa: true}
+  - name: web-plain
+    requesters: {groups: [jit-requesters]}
+    scopes: [commands]
+    commands: ["/usr/bin/true"]
+    max_duration: 2h
+    approvals: {groups: [jit-approvers]}
 """
 
 
@@ -186,6 +192,15 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         browser.save_screenshot(os.path.join(shot, "request.png"))
         assert reason in browser.find_element(By.CSS_SELECTOR, ".why .reason").text
         assert alice.name in browser.find_element(By.TAG_NAME, "dl").text and "web-mfa" in browser.find_element(By.TAG_NAME, "dl").text
+        # The rule asks for a code: the field is there. Approving without one: the CLI's own sentence, nothing decided.
+        assert browser.find_elements(By.ID, "otp") != []
+        submit(browser, "approve")
+        cli = bob.jit("approve", str(rid))
+        assert cli.returncode == 5 and "requires approvers to confirm with a one-time code" in cli.stderr, cli.stderr
+        sentence = cli.stderr.strip().removeprefix("jit: ")
+        assert sentence in browser.find_element(By.CSS_SELECTOR, ".notice.bad").text
+        browser.save_screenshot(os.path.join(shot, "request-no-code.png"))
+        assert json.loads(alice.jit("show", str(rid), "--json").stdout)["state"] == "pending"
         # A wrong code: the engine's refusal on the page, the request still pending.
         code = totp(secret)
         browser.find_element(By.ID, "otp").send_keys("000000" if code != "000000" else "111111")
@@ -204,6 +219,17 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
         browser.save_screenshot(os.path.join(shot, "approved.png"))
         shown = json.loads(alice.jit("show", str(rid), "--json").stdout)
         assert shown["state"] == "approved" and shown["decided_by"] == bob.name
+        # A rule without mfa: its page has no code field, and Approve needs none.
+        r = alice.jit("request", "--env", "staging", "--command", "/usr/bin/true", "--for", "30m", "--reason", "plain 12", "--json")
+        assert r.returncode == 0, r.stderr
+        plain = json.loads(r.stdout)
+        assert plain["rule"] == "web-plain" and plain["state"] == "pending", plain
+        browser.get(plane.url + f"/web/requests/{plain['id']}")
+        assert "web-plain" in browser.find_element(By.TAG_NAME, "dl").text
+        assert browser.find_elements(By.ID, "otp") == [] and "One-time code" not in browser.page_source
+        browser.save_screenshot(os.path.join(shot, "request-plain.png"))
+        submit(browser, "approve")
+        assert browser.find_element(By.CSS_SELECTOR, "h1 .state").text == "approved"
         # The requester's own page shows the request and its grant.
         r = alice.jit("web")
         assert r.returncode == 0, r.stderr
@@ -225,3 +251,58 @@ def test_an_approver_opens_jit_web_and_approves_with_a_totp_code(plane, browser,
     finally:
         bob.stop()
         alice.stop()
+
+
+def test_a_cross_site_page_cannot_sign_a_browser_in_nor_use_a_link(fleet, browser, users, tmpdir_root):
+    """Login CSRF: an attacker's page on another site posts the attacker's own one-time link to /web/login, to
+    sign the victim's browser into the attacker's account. The sign-in form needs the pre-session cookie that
+    only the sign-in page sets (SameSite=Strict: a cross-site POST never carries it) and that page's token."""
+    import http.server
+    import threading
+    evil = users.user("evil")
+    url = link(fleet, evil)
+    started = time.time()
+    code = url.split("code=", 1)[1]
+    # The victim's browser has even opened that link's page once (its pre-session cookie is in the jar).
+    browser.get(url)
+    assert browser.get_cookie("__Host-jit_signin")
+    page = f"""<!doctype html><form method="post" action="{fleet.url}/web/login">
+<input type="hidden" name="code" value="{code}"></form><script>document.forms[0].submit()</script>"""
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        timeout = 5  # Chrome opens spare connections that never send a request
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page.encode())
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        old = browser.find_element(By.TAG_NAME, "html")
+        # localhost is another site than 127.0.0.1.
+        browser.get(f"http://localhost:{srv.server_address[1]}/")
+        WebDriverWait(browser, 15).until(EC.staleness_of(old))
+        WebDriverWait(browser, 15).until(lambda d: d.current_url.startswith(fleet.url) and d.find_elements(By.TAG_NAME, "h1"))
+        browser.save_screenshot(os.path.join(shots(tmpdir_root), "signin-cross-site.png"))
+        assert "Sign-in refused" in browser.find_element(By.TAG_NAME, "h1").text
+        assert "nobody was signed in" in browser.find_element(By.TAG_NAME, "main").text
+        assert browser.get_cookie("__Host-jit_session") is None
+        assert fleet.pg.sql("SELECT count(*) FROM web_sessions", db=fleet.database)[0][0] == "0"
+    finally:
+        srv.shutdown()
+    # A plain POST from a script (no browser, no cookie): refused with the sentence, status 403.
+    r = requests.post(fleet.url + "/web/login", data={"code": code}, verify=fleet.ca, timeout=10)
+    assert r.status_code == 403 and "nobody was signed in" in r.text
+    # None of it used the link up: in its own page, the button still signs in (as the attacker, which the page says).
+    browser.get(url)
+    assert browser.find_elements(By.ID, "signin"), (time.time() - started, browser.find_element(By.TAG_NAME, "main").text)
+    assert evil in browser.find_element(By.ID, "signin").text
+    submit(browser, "signin")
+    assert f"signed in as {evil}" in browser.find_element(By.TAG_NAME, "header").text
+    assert browser.get_cookie("__Host-jit_signin") is None
