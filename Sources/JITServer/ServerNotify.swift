@@ -2,6 +2,7 @@ public import Foundation
 public import JITAgent
 public import JITCore
 public import Logging
+import JITFleet
 import PostgresNIO
 import Synchronization
 #if canImport(Glibc)

@@ -50,7 +50,8 @@ import PostgresNIO
     }
 
     func notifier(_ p: HostFilingTests.Plane, _ store: PostgresStore, _ settings: NotifySettings, _ t: any NotifyTransport, _ clock: Clock) -> ServerNotifications {
-        ServerNotifications(store: store, settings: settings, policy: { p.engine.engine.config }, publicURL: Self.publicURL, transport: t,
+        let engine = p.engine.engine
+        return ServerNotifications(store: store, settings: settings, policy: { engine.config }, publicURL: Self.publicURL, transport: t,
                             members: { _ in [] }, clock: clock.read, logger: .init(label: "test"))
     }
 
