@@ -1,5 +1,5 @@
 public import Foundation
-import JITCore
+public import JITCore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -56,7 +56,7 @@ public final class Notifications: Sendable {
     }
 
     /// The members listed for a group in NSS (`getgrnam_r`'s member list).
-    static let groupMembers: @Sendable (String) -> [String] = { name in
+    public static let groupMembers: @Sendable (String) -> [String] = { name in
         var gr = group()
         var res: UnsafeMutablePointer<group>? = nil
         var buf = [CChar](repeating: 0, count: 65536)
@@ -112,6 +112,9 @@ public final class Notifications: Sendable {
     /// at once; the requester had the answer in the reply).
     func facts(_ e: AuditEvent, _ cfg: Config) -> NotifyFacts? {
         guard let ev = NotifyEvent.of(auditKind: e.kind) else { return nil }
+        // A fleet host tells only what it alone knows (break-glass, its sudoers files): requests, escalations,
+        // decisions and grant ends are the control plane's, which sends them with the request's page link.
+        if cfg.server != nil, ev != .breakGlass, ev != .sudoers { return nil }
         let r = e.requestID.flatMap { try? engine.store.request(id: $0) }
         if let via = r?.approvedVia, via == .auto || via == .breakGlass, e.kind == "request.filed" || e.kind == "request.approved" {
             return nil
@@ -144,11 +147,24 @@ public final class Notifications: Sendable {
 
     func messages(for e: AuditEvent, _ cfg: Config) -> [(channel: String, kind: String, payload: String, recipients: [String])] {
         guard let f = facts(e, cfg) else { return [] }
+        return Self.render(f, channels: cfg.notify.channels, messageID: "jit-\(e.id)", hostname: hostname, members: members) { [engine] in
+            engine.logger.error("notify: \($0)")
+        }
+    }
+
+    /// One rendered message per channel that wants the event (the host's notifier and the control plane's use
+    /// this one function): the webhook body, the Slack text, or a whole mail with its recipients (`to`, and with
+    /// `to_groups` the approver groups' members or the requester). `messageID`: unique per event (the mail's
+    /// `Message-ID` is `<messageID-channel@hostname>`).
+    public static func render(_ f: NotifyFacts, channels: [NotifyChannel], messageID: String, hostname: String,
+                              members: (String) -> [String], problem: (String) -> Void)
+        -> [(channel: String, kind: String, payload: String, recipients: [String])]
+    {
         var out: [(channel: String, kind: String, payload: String, recipients: [String])] = []
-        for c in cfg.notify.channels where c.wants(f.event) {
+        for c in channels where c.wants(f.event) {
             switch c.kind {
-            case .webhook: out.append((c.name, e.kind, NotifyRender.webhook(f), []))
-            case .slack: out.append((c.name, e.kind, NotifyRender.slack(f), []))
+            case .webhook: out.append((c.name, f.kind, NotifyRender.webhook(f), []))
+            case .slack: out.append((c.name, f.kind, NotifyRender.slack(f), []))
             case .email:
                 var to = c.to
                 if c.toGroups, let domain = c.domain {
@@ -166,10 +182,10 @@ public final class Notifications: Sendable {
                 guard !to.isEmpty else { continue }
                 do {
                     let msg = try EmailMessage.render(from: c.from, to: to, subject: NotifyRender.subject(f), body: NotifyRender.plain(f),
-                                                      messageID: "jit-\(e.id)-\(c.name)@\(hostname)", date: f.at)
-                    out.append((c.name, e.kind, msg, to))
+                                                      messageID: "\(messageID)-\(c.name)@\(hostname)", date: f.at)
+                    out.append((c.name, f.kind, msg, to))
                 } catch {
-                    engine.logger.error("notify: channel '\(c.name)': event \(e.id): \(error.message)")
+                    problem("channel '\(c.name)': event \(f.eventID): \(error.message)")
                 }
             }
         }

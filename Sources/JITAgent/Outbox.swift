@@ -49,6 +49,21 @@ extension Store {
         public var createdAt: Date
         public var nextAt: Date
         public var lastError: String?
+
+        public init(id: Int64, auditID: Int64, channel: String, kind: String, payload: String, recipients: [String], state: String = "pending",
+                    attempts: Int = 0, createdAt: Date, nextAt: Date, lastError: String? = nil) {
+            self.id = id
+            self.auditID = auditID
+            self.channel = channel
+            self.kind = kind
+            self.payload = payload
+            self.recipients = recipients
+            self.state = state
+            self.attempts = attempts
+            self.createdAt = createdAt
+            self.nextAt = nextAt
+            self.lastError = lastError
+        }
     }
 
     static func outboxRow(_ r: Row) -> OutboxRow {

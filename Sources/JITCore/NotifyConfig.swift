@@ -1,5 +1,5 @@
 import Foundation
-import Yams
+package import Yams
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -177,7 +177,8 @@ public struct NotifySettings: Equatable, Sendable {
 }
 
 extension Config {
-    static func parseNotify(_ node: Node, r: YAMLReader) throws(ConfigError) -> NotifySettings {
+    /// `notify:` of jit.yaml, and the same section of the control plane's server.yaml (one parser for both).
+    package static func parseNotify(_ node: Node, r: YAMLReader) throws(ConfigError) -> NotifySettings {
         var n = NotifySettings()
         let m = try r.mapping(node, path: "notify")
         try r.onlyKeys(m, ["webhooks", "slack", "email", "max_backoff", "give_up_after", "max_attempts", "timeout", "expiry_notice"], path: "notify")

@@ -83,7 +83,13 @@ public enum NotifyRender {
         switch f.kind {
         case "request.filed": return "Request \(rid) by \(f.user) waits for approval on \(f.environment) (\(f.host))"
         case "request.escalated": return "Request \(rid) by \(f.user) was not decided in time: escalated to tier \(f.tier ?? 0) on \(f.environment) (\(f.host))"
-        case "breakglass.bypass": return "BREAK-GLASS: \(f.user) took access at once on \(f.environment) (\(f.host)), request \(rid)"
+        case "breakglass.bypass":
+            // Reported by a fleet host (its own trail): the request is the host's, not the control plane's.
+            guard f.request != nil else {
+                let there = f.details.first { $0.0 == "host_request" }.map { ", its request \(NotifyRender.line($0.1)) there" } ?? ""
+                return "BREAK-GLASS: \(f.user) took access at once on \(f.environment) (\(f.host))\(there)"
+            }
+            return "BREAK-GLASS: \(f.user) took access at once on \(f.environment) (\(f.host)), request \(rid)"
         case "request.approved": return "Request \(rid) was approved by \(f.actor) on \(f.environment) (\(f.host))"
         case "request.denied": return "Request \(rid) was denied by \(f.actor) on \(f.environment) (\(f.host))"
         case "request.expired": return "Request \(rid) expired unanswered on \(f.environment) (\(f.host))"
@@ -112,7 +118,7 @@ public enum NotifyRender {
         }
         if f.event == .decision, let c = f.request?.comment, !c.isEmpty { d.append(("Comment", c, true)) }
         if !f.approverGroups.isEmpty { d.append(("Approvers", f.approverGroups.joined(separator: ", "), false)) }
-        if f.event == .sudoers || f.event == .expiring {
+        if f.event == .sudoers || f.event == .expiring || (f.event == .breakGlass && f.request == nil) {
             for (k, v) in f.details { d.append((k, v, true)) }
         }
         return d
@@ -190,7 +196,9 @@ public enum NotifyRender {
         switch f.kind {
         case "request.filed": return "[jit] request \(rid) by \(f.user) waits for approval (\(f.environment))"
         case "request.escalated": return "[jit] request \(rid) by \(f.user) escalated to tier \(f.tier ?? 0) (\(f.environment))"
-        case "breakglass.bypass": return "[jit] BREAK-GLASS by \(f.user), request \(rid) (\(f.environment))"
+        case "breakglass.bypass":
+            guard f.request != nil else { return "[jit] BREAK-GLASS by \(f.user) on \(f.host) (\(f.environment))" }
+            return "[jit] BREAK-GLASS by \(f.user), request \(rid) (\(f.environment))"
         case "request.approved": return "[jit] request \(rid) approved (\(f.environment))"
         case "request.denied": return "[jit] request \(rid) denied (\(f.environment))"
         case "request.expired": return "[jit] request \(rid) expired unanswered (\(f.environment))"

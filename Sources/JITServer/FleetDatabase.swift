@@ -129,6 +129,8 @@ public struct FleetDatabase: Sendable {
         (4, peopleSchema),
         // 5 — the web page's one-time links and sessions (issue #15; versions are taken by part, see docs/FLEET.md).
         (5, PostgresWebSessions.schema),
+        // 6 — notifications sent by the control plane (the queue, the outbox, grant ends told).
+        (6, ServerNotifications.schema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.

@@ -227,6 +227,10 @@ public final class PostgresStore: DecisionStore, Sendable {
         let id = r.id, viaRaw = via.rawValue
         try await c.query("UPDATE requests SET state = 'approved', decided_at = \(now), decided_by = \(by), comment = \(comment), approved_via = \(viaRaw) WHERE id = \(id)", logger: logger)
         try await audit(c, "request.approved", actor: by, user: r.user, request: id, data: ["via": viaRaw])
+        if via == .breakGlass {
+            // As the SQLite trail records it (and the control plane's notifier tells every approver).
+            try await audit(c, "breakglass.bypass", actor: by, user: r.user, request: id, data: ["reason": r.reason, "scope": r.scope.name, "rule": r.rule])
+        }
         if let gid = r.extends {
             try await lockChanges(c)
             guard var g = try await loadGrant(c, gid, lock: true) else { throw JITError(.notFound, "grant \(gid) does not exist") }

@@ -49,6 +49,8 @@ public struct ServerConfig: Equatable, Sendable {
     public var streamRetention: Int64 = 7 * 86_400
     /// The limits of the grant stream on each replica (`stream.max_waiters`).
     public var streamLimits = StreamLimits()
+    /// Notifications the control plane sends (`notify:`, the keys and meaning of jit.yaml's `notify:`).
+    public var notify = NotifySettings()
 
     public init() {}
 
@@ -73,7 +75,7 @@ public struct ServerConfig: Equatable, Sendable {
         }
         let r = YAMLReader(file: file)
         let top = try r.mapping(root, path: "")
-        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket", "stream", "login"], path: "")
+        try r.onlyKeys(top, ["listen", "public_url", "tls", "ca", "database", "host_certificates", "tokens", "policy", "socket", "stream", "login", "notify"], path: "")
         var c = ServerConfig()
         guard let url = top["public_url"]?.1 else {
             throw ConfigError(file: file, line: root.mark?.line, field: "public_url", message: "is required: the https:// URL hosts use to reach this server, e.g. 'public_url: https://jit.example.org:8443'")
@@ -137,6 +139,8 @@ public struct ServerConfig: Equatable, Sendable {
             c.socket = try r.absolutePath(v, path: "socket")
             c.socketRequired = true
         }
+        // The agent's own parser: the same keys, checks and messages as jit.yaml's notify:.
+        if let n = top["notify"]?.1 { c.notify = try Config.parseNotify(n, r: r) }
         if let t = top["stream"]?.1 {
             let m = try r.mapping(t, path: "stream")
             try r.onlyKeys(m, ["retention", "max_waiters"], path: "stream")

@@ -31,6 +31,8 @@ public final class ServerEngine: HostFiling, Sendable {
     let stopped = Atomic<Bool>(false)
     let logger: Logger
     let socketRequired: Bool
+    /// The notifications this replica sends (`notify:` in server.yaml); every replica runs one.
+    public let notifications: ServerNotifications
 
     /// The most time the timer sleeps: another replica may have filed something due sooner.
     static let maxTimerSleep = 2.0
@@ -58,6 +60,9 @@ public final class ServerEngine: HostFiling, Sendable {
             guard let key = line.split(separator: ":", maxSplits: 1).first.map(String.init), !key.hasPrefix(" "), !key.hasPrefix("#") else { continue }
             if key == "environment" { hasEnvironment = true }
             if hostKeys.contains(key) {
+                if key == "notify" {
+                    throw ConfigError(file: path, line: n + 1, field: key, message: "goes in the server config (server.yaml, 'notify:' with the same keys), not in the policy file")
+                }
                 throw ConfigError(file: path, line: n + 1, field: key, message: "is a host setting (jit.yaml); the control plane's policy file holds only rules, policy, break_glass, pending_ttl and limits")
             }
         }
@@ -65,7 +70,10 @@ public final class ServerEngine: HostFiling, Sendable {
         return try Config.parse(hasEnvironment ? text : text + "\nenvironment: fleet\n", file: path)
     }
 
-    public init(config: ServerConfig, db: FleetDatabase, logger: Logger, directory: any UserDirectory = CachingDirectory()) throws(FleetError) {
+    /// `notifyTransport`, `members`: the notifier's transport and group members (tests; default: the agent's
+    /// live transports and NSS).
+    public init(config: ServerConfig, db: FleetDatabase, logger: Logger, directory: any UserDirectory = CachingDirectory(),
+                notifyTransport: (any NotifyTransport)? = nil, members: (@Sendable (String) -> [String])? = nil) throws(FleetError) {
         let policy: Config
         do { policy = try ServerEngine.loadPolicy(config) } catch { throw FleetError("config", error.description) }
         var template = Array("/tmp/jitd-server-XXXXXX".utf8CString)
@@ -77,12 +85,15 @@ public final class ServerEngine: HostFiling, Sendable {
         let local: Store
         do { local = try Store(path: cfg.database) } catch { throw FleetError("internal", error.message) }
         store = PostgresStore(db: db, logger: logger)
-        engine = Engine(config: cfg, store: local, directory: directory, logger: logger, decisions: store)
+        let engine = Engine(config: cfg, store: local, directory: directory, logger: logger, decisions: store)
+        self.engine = engine
         socket = Server(engine: engine, path: config.socket)
         pool = NIOThreadPool(numberOfThreads: 8)
         pool.start()
         self.logger = logger
         socketRequired = config.socketRequired
+        notifications = ServerNotifications(store: store, settings: config.notify, policy: { [engine] in engine.config }, publicURL: config.publicURL,
+                                            transport: notifyTransport, members: members, clock: { [engine] in engine.clock.now() }, logger: logger)
     }
 
     /// Opens the socket and starts the socket's and the timer's threads (after the migrations ran).
@@ -95,6 +106,7 @@ public final class ServerEngine: HostFiling, Sendable {
             logger.warning("the approvers' socket \(socket.path) is not open: \(error.message); set 'socket:' in the server config to give this replica its own")
         }
         Thread { [self] in self.timer() }.start()
+        notifications.start()
         logger.info("decisions: \(store.describe); approvers' socket \(socket.path); policy of \(engine.config.policy.effectiveRules.count) rule(s)")
     }
 
@@ -102,6 +114,7 @@ public final class ServerEngine: HostFiling, Sendable {
         stopped.store(true, ordering: .sequentiallyConsistent)
         socket.stop()
         engine.schedulerWaker.wake()
+        notifications.stop()
         try? pool.syncShutdownGracefully()
         try? FileManager.default.removeItem(atPath: scratch)
     }

@@ -55,6 +55,26 @@ final class FakeTransport: NotifyTransport {
         #expect(t.count == 2)
     }
 
+    @Test func aFleetHostTellsOnlyBreakGlassAndSudoersTheControlPlaneTellsTheRest() throws {
+        let h = try Self.harness()
+        _ = try h.file()
+        let w = Self.worker(h, FakeTransport())
+        let filed = try #require(try h.engine.store.notifyQueue().first)
+        #expect(w.facts(filed, h.engine.config)?.pageURL == nil, "a single host tells of its requests, with no page link")
+        var fleet = h.engine.config
+        fleet.server = FleetSettings()
+        #expect(w.facts(filed, fleet) == nil, "in fleet mode the control plane tells of requests (with the page link)")
+        let at = Timestamps.millis(h.clock.now())
+        for kind in ["breakglass.bypass", "sudoers.write_failed"] {
+            let e = AuditEvent(id: 99, at: at, kind: kind, actor: "dora", user: "dora", requestID: nil, grantID: nil, data: "", prevHash: "", hash: "")
+            #expect(w.facts(e, fleet) != nil, "\(kind) is the host's own to tell")
+        }
+        for kind in ["request.escalated", "request.approved", "request.denied", "grant.expiring"] {
+            let e = AuditEvent(id: 98, at: at, kind: kind, actor: "bob", user: "alice", requestID: nil, grantID: nil, data: "", prevHash: "", hash: "")
+            #expect(w.facts(e, fleet) == nil, "\(kind) is the control plane's to tell")
+        }
+    }
+
     @Test func retriesBackOffFromOneSecondDoublingToTheCap() throws {
         let h = try Self.harness { $0.channels.removeLast() }
         _ = try h.file()

@@ -406,7 +406,7 @@ class FleetAgent:
     jitd with its own socket, database and sudoers folder in fleet mode. PAM service files point at its
     socket through `pam_args` (hosts.Sshd / hosts.Sudo)."""
 
-    def __init__(self, tmp, name, cp, url, environment, labels=(), offline="best_effort", grace="15m"):
+    def __init__(self, tmp, name, cp, url, environment, labels=(), offline="best_effort", grace="15m", extra=""):
         from conftest import Agent
         self.name = name
         self.environment = environment
@@ -417,7 +417,7 @@ class FleetAgent:
         token = cp.token(environment, labels=list(labels), host=name)
         p = self.identity.enrol(url, token)
         assert p.returncode == 0, f"enrolling {name}: {p.stderr}"
-        self.agent = Agent(self.dir, config_text=host_config(environment, self.identity.fleet, offline, grace))
+        self.agent = Agent(self.dir, config_text=host_config(environment, self.identity.fleet, offline, grace, extra))
         self.socket = self.agent.socket
 
     def start(self):
@@ -497,11 +497,11 @@ class Fleet:
     """PostgreSQL, a control plane with two replicas, and host agents each behind its own proxy (so one
     host's link can be cut alone); a proxy forwards to either replica, as a load balancer would."""
 
-    def __init__(self, pg, tmp, etc, replicas=2):
+    def __init__(self, pg, tmp, etc, replicas=2, extra=""):
         self.tmp, self.etc = tmp, etc
         d = os.path.join(tmp, "cp")
         os.makedirs(d, mode=0o755)
-        self.cp = ControlPlane(pg, tmp, extra=server_extra(d))
+        self.cp = ControlPlane(pg, tmp, extra=server_extra(d) + extra)
         self.socket_dir = d
         self.cp.start(count=replicas)
         self.hosts = {}
@@ -511,10 +511,10 @@ class Fleet:
     def server_socket(self, replica=0):
         return os.path.join(self.socket_dir, "server.sock" if replica == 0 else f"server{replica}.sock")
 
-    def add(self, name, environment=PROD, labels=("db",), offline="best_effort", grace="15m", start=True):
+    def add(self, name, environment=PROD, labels=("db",), offline="best_effort", grace="15m", start=True, extra=""):
         proxy = Proxy(self.cp.ports[:len(self.cp.replicas)])
         self.proxies[name] = proxy
-        h = FleetAgent(self.tmp, name, self.cp, proxy.url, environment, labels=labels, offline=offline, grace=grace)
+        h = FleetAgent(self.tmp, name, self.cp, proxy.url, environment, labels=labels, offline=offline, grace=grace, extra=extra)
         self.hosts[name] = h
         if start:
             h.start()
