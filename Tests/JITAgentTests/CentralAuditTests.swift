@@ -11,15 +11,7 @@ import Glibc
 /// throw-away PostgreSQL, read as an approver (everyone's) and as a plain user (their own), page by page.
 @Suite struct CentralAuditTests {
     static func database() async throws -> (FleetDatabase, TestPostgres.Database)? {
-        let cluster: TestPostgres.Cluster
-        switch TestPostgres.cluster {
-        case .success(let c): cluster = c
-        case .failure(let e):
-            if geteuid() == 0 { throw e }
-            print("note: \(e.message)")
-            return nil
-        }
-        let pg = try await TestPostgres.Database(cluster)
+        guard let pg = try await TestPostgres.freshDatabase() else { return nil }
         return (try await pg.store().db, pg)
     }
 

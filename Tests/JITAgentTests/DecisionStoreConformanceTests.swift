@@ -71,15 +71,7 @@ import Logging
                 let e = try engine(0, nil)
                 return World(clock: clock, effects: effects, engines: Array(repeating: e, count: n), dirs: dirs, pg: nil)
             case .postgres:
-                let cluster: TestPostgres.Cluster
-                switch TestPostgres.cluster {
-                case .success(let c): cluster = c
-                case .failure(let e):
-                    if geteuid() == 0 { throw e }
-                    print("note: \(e.message)")
-                    return nil
-                }
-                let db = try await TestPostgres.Database(cluster)
+                guard let db = try await TestPostgres.freshDatabase() else { return nil }
                 var es: [Engine] = []
                 for i in 0..<n { es.append(try engine(i, try await db.store())) }
                 return World(clock: clock, effects: effects, engines: es, dirs: dirs, pg: db)

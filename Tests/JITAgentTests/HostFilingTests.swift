@@ -25,15 +25,7 @@ import X509
     }
 
     static func plane() async throws -> Plane? {
-        let cluster: TestPostgres.Cluster
-        switch TestPostgres.cluster {
-        case .success(let c): cluster = c
-        case .failure(let e):
-            if geteuid() == 0 { throw e }
-            print("note: \(e.message)")
-            return nil
-        }
-        let pg = try await TestPostgres.Database(cluster)
+        guard let pg = try await TestPostgres.freshDatabase() else { return nil }
         let store = try await pg.store()
         for (name, env) in [("h1", "production"), ("h2", "production"), ("s1", "staging")] {
             try await store.db.client.query("INSERT INTO hosts (name, environment, labels, cert_serial, not_after) VALUES (\(name), \(env), \(["web"]), '1', now() + interval '1 hour')")
