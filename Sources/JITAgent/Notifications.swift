@@ -12,6 +12,19 @@ public enum NotifyBackoff {
         let shift = min(max(attempts - 1, 0), 30)
         return min(Int64(1) << shift, max(cap, 1))
     }
+
+    /// What follows a failed attempt, on a host and on the control plane alike.
+    public enum Next: Equatable, Sendable {
+        case retry(after: Int64)
+        case giveUp
+    }
+
+    /// The rule after the `attempts`-th failed attempt of a message `age` seconds old: give up when its channel
+    /// is gone, it is older than `give_up_after` or `max_attempts` is reached; else retry after the back-off.
+    public static func next(attempts: Int, age: TimeInterval, channelKnown: Bool, _ s: NotifySettings) -> Next {
+        if !channelKnown || age >= Double(s.giveUpAfter) || (s.maxAttempts.map { attempts >= $0 } ?? false) { return .giveUp }
+        return .retry(after: delay(afterAttempt: attempts, cap: s.maxBackoff))
+    }
 }
 
 /// The background notifier: expands queued audit events into per-channel messages and delivers them
@@ -244,13 +257,12 @@ public final class Notifications: Sendable {
                 try engine.store.markSent(row.id, attempts: attempts, at: now)
                 engine.logger.info("notify: \(row.kind) (event \(row.auditID)) delivered to '\(row.channel)'\(attempts > 1 ? " after \(attempts) attempts" : "")")
             case .failed(let why):
-                let age = now.timeIntervalSince(row.createdAt)
-                let gone = cfg.notify.channel(named: row.channel) == nil
-                if gone || age >= Double(cfg.notify.giveUpAfter) || (cfg.notify.maxAttempts.map { attempts >= $0 } ?? false) {
+                switch NotifyBackoff.next(attempts: attempts, age: now.timeIntervalSince(row.createdAt),
+                                          channelKnown: cfg.notify.channel(named: row.channel) != nil, cfg.notify) {
+                case .giveUp:
                     try engine.store.markFailed(row, attempts: attempts, error: why, at: now)
                     engine.logger.error("notify: gave up on \(row.kind) (event \(row.auditID)) to '\(row.channel)' after \(attempts) attempts: \(why)")
-                } else {
-                    let wait = NotifyBackoff.delay(afterAttempt: attempts, cap: cfg.notify.maxBackoff)
+                case .retry(let wait):
                     try engine.store.markRetry(row.id, attempts: attempts, next: now.addingTimeInterval(Double(wait)), error: why)
                     engine.logger.warning("notify: \(row.kind) (event \(row.auditID)) to '\(row.channel)' failed (attempt \(attempts)): \(why); retrying in \(wait) s")
                 }

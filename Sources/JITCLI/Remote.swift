@@ -175,10 +175,9 @@ final class CancelOnInterrupt: @unchecked Sendable {
                 do {
                     _ = try remote.call(Message("cancel", [("request", String(id))]), timeout: 10)
                     text = "jit: interrupted: request \(id) cancelled."
-                } catch let e as CLIError {
-                    text = "jit: interrupted, but cancelling request \(id) at \(remote.client.server) failed (\(e.message)); cancel it with: jit cancel \(id)"
                 } catch {
-                    text = "jit: interrupted, but cancelling request \(id) at \(remote.client.server) failed (\(error)); cancel it with: jit cancel \(id)"
+                    let why = (error as? CLIError)?.message ?? "\(error)"
+                    text = "jit: interrupted, but cancelling request \(id) at \(remote.client.server) failed (\(why)); cancel it with: jit cancel \(id)"
                 }
                 printErr(text)
                 // End by the signal itself (exit status 128+N in a shell), as a local jit does.

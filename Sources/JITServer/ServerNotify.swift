@@ -323,12 +323,11 @@ public final class ServerNotifications: Sendable {
                 try markSent(row.id, attempts: attempts, at: now)
                 logger.info("notify: \(row.kind) (\(about)) sent to '\(row.channel)'\(attempts > 1 ? " after \(attempts) attempts" : "")")
             case .failed(let why):
-                let age = now.timeIntervalSince(row.createdAt)
-                if channel == nil || age >= Double(settings.giveUpAfter) || (settings.maxAttempts.map { attempts >= $0 } ?? false) {
+                switch NotifyBackoff.next(attempts: attempts, age: now.timeIntervalSince(row.createdAt), channelKnown: channel != nil, settings) {
+                case .giveUp:
                     try markFailed(t, attempts: attempts, error: why, at: now)
                     logger.error("notify: gave up on \(row.kind) (\(about)) to '\(row.channel)' after \(attempts) attempts: \(why)")
-                } else {
-                    let wait = NotifyBackoff.delay(afterAttempt: attempts, cap: settings.maxBackoff)
+                case .retry(let wait):
                     try markRetry(row.id, attempts: attempts, next: now.addingTimeInterval(Double(wait)), error: why)
                     logger.warning("notify: \(row.kind) (\(about)) to '\(row.channel)' failed (attempt \(attempts)): \(why); retrying in \(wait) s")
                 }
