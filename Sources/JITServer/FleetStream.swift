@@ -149,6 +149,21 @@ public enum HostBodies {
     static let maxDataEntries = 128
     static let maxDataValue = 64 * 1024
 
+    /// Checks a filing before anything reads it: no NUL in any text (PostgreSQL's text cannot hold one), and every
+    /// target a host name (`hosts`, as `jit request --host` takes them). The engine checks the rest (user, scope,
+    /// rule) and says why.
+    static func check(_ r: FleetWire.HostRequest) throws(FleetError) {
+        let texts: [(String, String)] = [("user", r.user), ("scope", r.scope), ("run_as", r.runAs ?? ""), ("reason", r.reason),
+                                         ("ticket", r.ticket ?? ""), ("rhost", r.rhost), ("service", r.service), ("filed_at", r.filedAt)]
+            + r.commands.enumerated().map { ("commands[\($0.offset)]", $0.element) }
+        for (field, v) in texts where v.unicodeScalars.contains(where: { $0.value == 0 }) {
+            throw FleetError("bad_request", "\(field) holds a NUL")
+        }
+        for (i, h) in r.hosts.enumerated() where !HostIdentity.isValidHostName(h) {
+            throw FleetError("bad_request", "hosts[\(i)] ('\(h.prefix(40).unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : String($0) }.joined())') is not a host name: lowercase letters, digits, '-' and '.'")
+        }
+    }
+
     /// Checks a batch: at most 500 events, seq > 0 and unique, `at` RFC 3339, short fields, a small flat `data`.
     /// The first bad event is named by its index and seq; nothing of a refused batch is stored.
     static func check(_ batch: FleetWire.EventBatch) throws(FleetError) -> [CheckedEvent] {

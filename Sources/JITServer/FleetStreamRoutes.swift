@@ -63,6 +63,7 @@ extension FleetAPI {
     /// `POST /v1/requests` once the body is read: 201 for a new request, 200 for the same `(caller, seq)` again.
     static func file(_ body: FleetWire.HostRequest, from caller: CallerHost, with filing: (any HostFiling)?) async throws -> (FleetWire.RequestStatus, HTTPResponse.Status) {
         guard body.seq > 0 else { throw APIError(.badRequest, "bad_request", "seq must be > 0 (the host's outbox sequence number)") }
+        try HostBodies.check(body)
         let (status, created) = try await engine(filing).fileReportingReplay(body, from: caller)
         return (status, created ? .created : .ok)
     }

@@ -131,6 +131,34 @@ private func grant(_ id: Int64, env: String = "staging", hosts: [String] = [], l
         refused([event(3, data: Dictionary(uniqueKeysWithValues: (0..<129).map { ("k\($0)", "v") }))], "more than 128 entries")
         refused((1...501).map { event($0) }, "at most 500 events")
     }
+
+    /// A filing with a NUL anywhere, or a target that is not a host name, is refused before anything reads it
+    /// (schemathesis once made PostgreSQL answer 503 for a NUL in `hosts`).
+    @Test func filingsWithANulOrABadTargetAreRefused() throws {
+        func refused(_ r: FleetWire.HostRequest, _ words: String) {
+            do {
+                try HostBodies.check(r)
+                Issue.record("accepted: \(words)")
+            } catch {
+                #expect(error.code == "bad_request")
+                #expect(error.message.contains(words), "\(error.message)")
+            }
+        }
+        let ok = FleetWire.HostRequest(seq: 1, user: "alice", scope: "commands", commands: ["/usr/bin/true"], reason: "deploy",
+                                       hosts: ["db1", "web-2.eu"], filedAt: "2026-12-02T01:00:00Z")
+        try HostBodies.check(ok)
+        var r = ok
+        r.hosts = ["db1", "\u{0}x"]
+        refused(r, "hosts[1]")
+        r.hosts = ["DB1"]
+        refused(r, "is not a host name")
+        r = ok
+        r.reason = "a\u{0}b"
+        refused(r, "reason holds a NUL")
+        r = ok
+        r.commands = ["/usr/bin/true", "x\u{0}"]
+        refused(r, "commands[1] holds a NUL")
+    }
 }
 
 @Suite struct StreamConfigTests {

@@ -20,6 +20,7 @@ from fleet import ControlPlane, pg  # noqa: F401 (pg is a fixture)
 
 requests = pytest.importorskip("requests")
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -80,7 +81,20 @@ def click(browser, element):
     """Clicks and waits for the page that answers (a click does not wait for a form's POST or a link)."""
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 15).until(EC.staleness_of(old))
+
+    def replaced(_):
+        # The old page is gone: chromedriver says so as a stale element, or, while the new document is being
+        # swapped in, as "Node with given id does not belong to the document".
+        try:
+            old.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+    WebDriverWait(browser, 15).until(replaced)
 
 
 def sign_in(browser, url):
