@@ -37,29 +37,35 @@ extension Engine {
         return true
     }
 
-    /// Filing: at most `requests_per_minute` per user (a burst of that many, then one every 60/N s).
-    /// Break-glass never comes through here.
-    func admitFiling(for who: Identity) throws(JITError) {
+    /// Filing: at most `requests_per_minute` per user (a burst of that many, then one every 60/N s), counted
+    /// per filing host on a control plane (`host`: the enrolled host a request came through, nil for the
+    /// person's own filing). Break-glass never comes through here.
+    func admitFiling(for who: Identity, via host: String? = nil) throws(JITError) {
         let l = config.limits
         let now = clock.now()
-        let ok = filingBudget.withLock { $0.take(who.name, burst: l.requestsPerMinute, perSecond: Double(l.requestsPerMinute) / 60, now: now) }
+        let key = host.map { "\(who.name)\u{0}\($0)" } ?? who.name
+        let ok = filingBudget.withLock { $0.take(key, burst: l.requestsPerMinute, perSecond: Double(l.requestsPerMinute) / 60, now: now) }
         guard ok else {
-            throw JITError(.busy, "\(who.name) filed \(l.requestsPerMinute) requests in the last minute (limits.requests_per_minute); wait a minute, or cancel some with jit cancel ID")
+            let from = host.map { " through host \($0)" } ?? ""
+            throw JITError(.busy, "\(who.name) filed \(l.requestsPerMinute) requests\(from) in the last minute (limits.requests_per_minute); wait a minute, or cancel some with jit cancel ID")
         }
     }
 
-    /// At most `pending_per_user` pending requests per user. Call under `filingLock`.
-    func admitPending(for who: Identity, cap: Int) throws(JITError) {
-        let n = try decisions.pendingCount(user: who.name)
+    /// At most `pending_per_user` pending requests per user (on a control plane: per user and filing host, see
+    /// `DecisionStore.pendingCount`). Call under `filingLock`.
+    func admitPending(for who: Identity, via host: String? = nil, cap: Int) throws(JITError) {
+        let n = try decisions.pendingCount(user: who.name, filedBy: host)
         guard n < cap else {
-            throw JITError(.busy, "\(who.name) already has \(n) pending requests (limits.pending_per_user: \(cap)); cancel one with jit cancel ID, or wait for a decision")
+            let from = host.map { " filed through host \($0)" } ?? ""
+            throw JITError(.busy, "\(who.name) already has \(n) pending requests\(from) (limits.pending_per_user: \(cap)); cancel one with jit cancel ID, or wait for a decision")
         }
     }
 }
 
 extension Store {
-    /// How many requests of `user` are pending.
-    public func pendingCount(user: String) throws(JITError) -> Int {
+    /// How many requests of `user` are pending. A host's own store holds no other host's filings, so `host`
+    /// does not narrow the count here (it never undercounts).
+    public func pendingCount(user: String, filedBy host: String? = nil) throws(JITError) -> Int {
         try read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM requests WHERE user = ? AND state = 'pending'", arguments: [user]) ?? 0 }
     }
 }

@@ -79,7 +79,7 @@ extension Engine {
             if let g = extending { r.hosts = g.hosts; r.labels = g.labels }
         }
         let what = extending.map { "extension of grant \($0.id)" } ?? r.scope.summary
-        try admitFiling(for: who)
+        try admitFiling(for: who, via: origin?.host)
         if a.automatic {
             let rule = a.rule
             let dec = try decisions.insertApproved(r, via: .auto, by: "rule:\(rule.name)", at: now, noPassword: cfg.policy.noPassword,
@@ -95,7 +95,7 @@ extension Engine {
             return dec
         }
         let stored = try filingLock.withLock { _ throws(JITError) in
-            try admitPending(for: who, cap: cfg.limits.pendingPerUser)
+            try admitPending(for: who, via: origin?.host, cap: cfg.limits.pendingPerUser)
             return try decisions.insertRequest(r)
         }
         let groups = a.rule.tiers.first?.groups ?? []

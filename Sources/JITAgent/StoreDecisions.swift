@@ -46,7 +46,10 @@ public protocol DecisionStore: Sendable {
     /// The next moment something is due: a pending request's or an active grant's end.
     func nextDeadline() throws(JITError) -> Date?
     func counts() throws(JITError) -> (pending: Int, active: Int)
-    func pendingCount(user: String) throws(JITError) -> Int
+    /// How many of `user`'s requests are pending: those filed through enrolled host `host`, or (nil) those the
+    /// person filed (on a host's own agent, the control plane's socket or its API). A control plane counts per
+    /// filing host so that one compromised host cannot use up a user's budget on every other host.
+    func pendingCount(user: String, filedBy host: String?) throws(JITError) -> Int
     func approvalRecords(id: Int64) throws(JITError) -> [ApprovalRecord]
 
     /// Pending requests with how many approval tiers have been opened so far.

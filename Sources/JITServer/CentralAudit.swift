@@ -85,34 +85,25 @@ enum CentralAudit {
         }
     }
 
+    /// A page: the first `pageSize` events after the cursor (and `since`) in (time, source, host, id) order. Each
+    /// source is read on its own, in the order of its index, from where the cursor puts it (an index range scan
+    /// that stops at the page, however long the trail), and the two are merged here: at one microsecond the
+    /// hosts' events ('h') come before the server's ('s'), as in the cursor's order.
     static func page(db: FleetDatabase, since: Date?, until: Date?, user: String?, grant: String?, after: Cursor?) async throws -> Message {
-        let hasAfter = after != nil
-        let aus = after?.micros ?? 0, asrc = after?.source ?? "", ahost = after?.host ?? "", aid = after?.id ?? 0
         let limit = pageSize + 1
-        let q: PostgresQuery = """
-            SELECT src, id, us, kind, actor, uname, h, data FROM (
-              SELECT 's' AS src, id, (extract(epoch FROM at) * 1000000)::bigint AS us, at, event AS kind, actor,
-                     coalesce(data->>'user', '') AS uname, coalesce(host, '') AS h, data::text AS data, coalesce(data->>'grant', '') AS g
-              FROM fleet_audit
-              UNION ALL
-              SELECT 'h', seq, (extract(epoch FROM at) * 1000000)::bigint, at, kind, actor, user_name, host, data::text, coalesce(data->>'grant_id', '')
-              FROM host_events
-            ) e
-            WHERE (\(since)::timestamptz IS NULL OR at >= \(since)::timestamptz)
-              AND (\(until)::timestamptz IS NULL OR at <= \(until)::timestamptz)
-              AND (\(user)::text IS NULL OR uname = \(user)::text)
-              AND (\(grant)::text IS NULL OR g = \(grant)::text)
-              AND (NOT \(hasAfter) OR (us, src, h, id) > (\(aus), \(asrc)::text, \(ahost)::text, \(aid)))
-            ORDER BY us, src, h, id
-            LIMIT \(limit)
-            """
+        let server = try await rows(db: db, source: "s", from: bound(for: "s", since: since, after: after), until: until, user: user, grant: grant, limit: limit)
+        let hosts = try await rows(db: db, source: "h", from: bound(for: "h", since: since, after: after), until: until, user: user, grant: grant, limit: limit)
         var out = Message("ok")
         var size = 64
         var last: Cursor? = nil
         var more = false
-        let rows = try await db.client.query(q, logger: db.logger)
-        for try await (src, id, us, kind, actor, uname, host, data) in rows.decode((String, Int64, Int64, String, String, String, String, String).self) {
-            let fields = record(source: src, id: id, micros: us, kind: kind, actor: actor, user: uname, host: host, data: data)
+        var i = 0, j = 0
+        while i < server.count || j < hosts.count {
+            // Different sources: the time decides, and at the same microsecond 'h' < 's'.
+            let takeHost = i == server.count || (j < hosts.count && hosts[j].micros <= server[i].micros)
+            let e = takeHost ? hosts[j] : server[i]
+            if takeHost { j += 1 } else { i += 1 }
+            let fields = record(source: e.source, id: e.id, micros: e.micros, kind: e.kind, actor: e.actor, user: e.user, host: e.host, data: e.data)
             let n = fields.reduce(2) { $0 + $1.0.utf8.count + $1.1.utf8.count * 3 + 2 }
             if out.records.count >= pageSize || (size + n > pageBytes && !out.records.isEmpty) {
                 more = true
@@ -120,12 +111,85 @@ enum CentralAudit {
             }
             size += n
             out.records.append(fields)
-            last = Cursor(micros: us, source: src, host: host, id: id)
+            last = Cursor(micros: e.micros, source: e.source, host: e.host, id: e.id)
         }
         if more, let last { out.add("next", last.text) }
         out.fields.insert(("count", String(out.records.count)), at: 0)
         return out
     }
+
+    /// Where one source's rows start, as the row (time in µs, host, id) they must be greater than: after the
+    /// cursor (in the other source, at its microsecond or after it: 'h' sorts before 's') and at `since` or later.
+    /// Nil: from the start.
+    static func bound(for source: String, since: Date?, after: Cursor?) -> (micros: Int64, host: String, id: Int64)? {
+        var b = since.map { (micros: micros($0), host: "", id: Int64.min) }
+        if let c = after {
+            let fromCursor: (micros: Int64, host: String, id: Int64)
+            if source == c.source { fromCursor = (c.micros, c.host, c.id) }
+            else if source > c.source { fromCursor = (c.micros, "", Int64.min) }
+            else { fromCursor = (c.micros + 1, "", Int64.min) }
+            // The later of the two; at the same microsecond the cursor's, which is never before `since`'s.
+            if b == nil || fromCursor.micros >= b!.micros { b = fromCursor }
+        }
+        return b
+    }
+
+    static func micros(_ d: Date) -> Int64 {
+        Int64((d.timeIntervalSince1970 * 1_000_000).rounded(.up))
+    }
+
+    struct Row {
+        var source: String, id: Int64, micros: Int64, kind: String, actor: String, user: String, host: String, data: String
+    }
+
+    /// One source's events after `from`, in its index's order (`fleet_audit_page`, `host_events_page`, and
+    /// `*_user_page` when one user's are read).
+    static func rows(db: FleetDatabase, source: String, from: (micros: Int64, host: String, id: Int64)?, until: Date?, user: String?, grant: String?, limit: Int) async throws -> [Row] {
+        let b = from ?? (0, "", 0)
+        let hasFrom = from != nil
+        let untilMicros = until.map { Int64(($0.timeIntervalSince1970 * 1_000_000).rounded(.down)) }
+        let q: PostgresQuery
+        if source == "s" {
+            q = """
+                SELECT id, (extract(epoch FROM at) * 1000000)::bigint, event, actor, coalesce(data->>'user', ''), coalesce(host, ''), data::text
+                FROM fleet_audit
+                WHERE (NOT \(hasFrom) OR (at, coalesce(host, ''), id) > ('epoch'::timestamptz + \(b.micros) * interval '1 microsecond', \(b.host)::text, \(b.id)))
+                  AND (\(untilMicros)::bigint IS NULL OR at <= 'epoch'::timestamptz + \(untilMicros)::bigint * interval '1 microsecond')
+                  AND (\(user)::text IS NULL OR data->>'user' = \(user)::text)
+                  AND (\(grant)::text IS NULL OR data->>'grant' = \(grant)::text)
+                ORDER BY at, coalesce(host, ''), id
+                LIMIT \(limit)
+                """
+        } else {
+            q = """
+                SELECT seq, (extract(epoch FROM at) * 1000000)::bigint, kind, actor, user_name, host, data::text
+                FROM host_events
+                WHERE (NOT \(hasFrom) OR (at, host, seq) > ('epoch'::timestamptz + \(b.micros) * interval '1 microsecond', \(b.host)::text, \(b.id)))
+                  AND (\(untilMicros)::bigint IS NULL OR at <= 'epoch'::timestamptz + \(untilMicros)::bigint * interval '1 microsecond')
+                  AND (\(user)::text IS NULL OR user_name = \(user)::text)
+                  AND (\(grant)::text IS NULL OR data->>'grant_id' = \(grant)::text)
+                ORDER BY at, host, seq
+                LIMIT \(limit)
+                """
+        }
+        var out: [Row] = []
+        let rows = try await db.client.query(q, logger: db.logger)
+        for try await (id, us, kind, actor, uname, host, data) in rows.decode((Int64, Int64, String, String, String, String, String).self) {
+            out.append(Row(source: source, id: id, micros: us, kind: kind, actor: actor, user: uname, host: host, data: data))
+        }
+        return out
+    }
+
+    /// Migration 7 of `FleetDatabase.migrations`: the indexes a page is read in (the (at) ones they replace
+    /// are their prefix).
+    static let schema = [
+        "CREATE INDEX fleet_audit_page ON fleet_audit (at, (coalesce(host, '')), id)",
+        "CREATE INDEX fleet_audit_user_page ON fleet_audit ((data->>'user'), at, (coalesce(host, '')), id)",
+        "CREATE INDEX host_events_page ON host_events (at, host, seq)",
+        "CREATE INDEX host_events_user_page ON host_events (user_name, at, host, seq)",
+        "DROP INDEX IF EXISTS fleet_audit_at",
+        "DROP INDEX IF EXISTS host_events_at",
+    ]
 
     /// One event in the local trail's wire form (`id`, `at`, `kind`, `actor`, `user`, `request`, `grant`,
     /// `d_*`), with where it came from; `hash` is empty (the central trail is not one hash chain: each host's is).

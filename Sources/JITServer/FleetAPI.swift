@@ -116,7 +116,7 @@ struct HostAuthMiddleware: RouterMiddleware {
         }
         let v = try verify(peer)
         let record = try await db.authenticate(name: v.identity.name, serial: v.serial)
-        await db.touch(record)
+        db.touch(record)
         var context = context
         context.host = CallerHost(record: record, serial: v.serial, publicKey: v.publicKey)
         return try await next(request, context)

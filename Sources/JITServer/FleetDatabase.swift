@@ -13,6 +13,8 @@ public struct FleetDatabase: Sendable {
     let logger: Logger
     /// Hosts and certificates this replica has checked (see `HostAuthCache`).
     let hostCache = HostAuthCache()
+    /// Hosts seen and not yet written to `last_seen` (see `touch`).
+    let seenQueue = SeenQueue()
     let where_: String
 
     /// An arbitrary constant: the key of the advisory lock that serialises migrations ("jitmigr").
@@ -131,6 +133,8 @@ public struct FleetDatabase: Sendable {
         (5, PostgresWebSessions.schema),
         // 6 — notifications sent by the control plane (the queue, the outbox, grant ends told).
         (6, ServerNotifications.schema),
+        // 7 — the central trail read a page at a time through indexes (`jit audit` against the control plane).
+        (7, CentralAudit.schema),
     ]
 
     /// Applies the migrations this database lacks; returns the versions applied now.

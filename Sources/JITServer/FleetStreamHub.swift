@@ -313,6 +313,7 @@ struct StreamListener: Service {
                 g.addTask { await self.listen() }
                 g.addTask { await self.pollWhileAway() }
                 g.addTask { await self.prune() }
+                g.addTask { await self.markSeen() }
             }
         }
     }
@@ -330,10 +331,12 @@ struct StreamListener: Service {
                                 g.addTask { for try await n in changes { await hub.environmentChanged(n.payload) } }
                                 g.addTask {
                                     for try await n in hosts {
+                                        if db.hostCache.heartbeat(n.payload) { continue }
                                         db.hostCache.invalidate(n.payload)
                                         await hub.hostChanged(n.payload)
                                     }
                                 }
+                                g.addTask { await self.heartbeats() }
                             }
                         }
                     }
@@ -348,6 +351,26 @@ struct StreamListener: Service {
         }
     }
 
+    /// Sends this replica's heartbeats on `jit_hosts` while the listener runs (see `HostAuthCache`): one at once,
+    /// then every `heartbeatEvery`. A heartbeat that cannot be sent is only logged: the rows stop answering
+    /// from memory by themselves when none comes back.
+    private func heartbeats() async {
+        var failing = false
+        while !Task.isCancelled {
+            let payload = db.hostCache.nextHeartbeat()
+            do {
+                try await FleetDatabase.within(.seconds(5)) {
+                    _ = try await db.client.query("SELECT pg_notify('jit_hosts', \(payload))", logger: logger)
+                }
+                failing = false
+            } catch {
+                if !failing { logger.warning("stream: cannot send the host cache's heartbeat to PostgreSQL (\(String(describing: error).prefix(200))); hosts are checked against PostgreSQL until one comes back") }
+                failing = true
+            }
+            try? await Task.sleep(for: HostAuthCache.heartbeatEvery)
+        }
+    }
+
     /// Without the listener, a notification may be lost: read every environment waited on each second. With it,
     /// every 15 seconds all the same (one query per environment), so nothing can be held up longer than that.
     private func pollWhileAway() async {
@@ -356,6 +379,14 @@ struct StreamListener: Service {
             try? await Task.sleep(for: .seconds(1))
             tick += 1
             if await !hub.live || tick % 15 == 0 { await hub.refreshAll() }
+        }
+    }
+
+    /// Writes the hosts seen since the last round to `last_seen`, in one statement every few seconds.
+    private func markSeen() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: FleetDatabase.seenEvery)
+            await db.flushSeen()
         }
     }
 

@@ -3,6 +3,7 @@ import Hummingbird
 import JITCore
 import JITFleet
 import NIOCore
+import Synchronization
 
 /// The host-facing routes of slice 2 (docs/FLEET.md, "The wire and the tables of slice 2"): requests filed by
 /// hosts, the grant stream, host events. All are behind `HostAuthMiddleware`; the caller is `context.caller()`.
@@ -93,15 +94,44 @@ extension FleetAPI {
 }
 
 extension FleetDatabase {
-    /// Marks a host seen, at most once a minute (the row's `last_seen`; a failure is only logged).
-    func touch(_ host: HostRecord) async {
+    /// How often the hosts seen are written to `last_seen` (`StreamListener` does it).
+    static let seenEvery: Duration = .seconds(5)
+
+    /// Marks a host seen, at most once a minute (the row's `last_seen`): queued, and written with the others
+    /// of the round by `flushSeen`, never on the call's path (10,000 hosts re-arming their streams after one
+    /// approval would otherwise be 10,000 UPDATEs in the middle of the fan-out).
+    func touch(_ host: HostRecord) {
         if let seen = host.lastSeen, Date().timeIntervalSince(seen) < 60 { return }
-        let name = host.name
+        seenQueue.add(host.name)
+    }
+
+    /// Writes the queued hosts' `last_seen` (a failure is only logged; they are queued again when next seen).
+    func flushSeen() async {
+        let names = seenQueue.take()
+        guard !names.isEmpty else { return }
         do {
-            try await client.query("UPDATE hosts SET last_seen = now() WHERE name = \(name) AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')", logger: logger)
-            hostCache.seen(name, at: Date())
+            try await client.query("UPDATE hosts SET last_seen = now() WHERE name = ANY(\(names)) AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')", logger: logger)
+            let now = Date()
+            for n in names { hostCache.seen(n, at: now) }
         } catch {
-            logger.warning("cannot mark host \(name) seen: \(failure(error, doing: "marking the host seen").message)")
+            logger.warning("cannot mark \(names.count) host(s) seen: \(failure(error, doing: "marking hosts seen").message)")
+        }
+    }
+}
+
+/// The hosts seen since the last `flushSeen` (bounded: past the bound, the rest wait for the next round).
+final class SeenQueue: Sendable {
+    private let names = Mutex<Set<String>>([])
+    static let bound = 100_000
+
+    func add(_ name: String) {
+        names.withLock { if $0.count < Self.bound { $0.insert(name) } }
+    }
+
+    func take() -> [String] {
+        names.withLock { s in
+            defer { s.removeAll(keepingCapacity: true) }
+            return Array(s)
         }
     }
 }

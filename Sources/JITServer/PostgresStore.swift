@@ -442,10 +442,11 @@ public final class PostgresStore: DecisionStore, Sendable {
         }
     }
 
-    public func pendingCount(user: String) throws(JITError) -> Int {
+    public func pendingCount(user: String, filedBy host: String?) throws(JITError) -> Int {
         try read("counting pending requests of \(user)") { c in
             var n = 0
-            for try await v in try await c.query("SELECT count(*) FROM requests WHERE user_name = \(user) AND state = 'pending'", logger: self.logger).decode(Int.self) { n = v }
+            let q: PostgresQuery = "SELECT count(*) FROM requests WHERE user_name = \(user) AND state = 'pending' AND filed_by_host IS NOT DISTINCT FROM \(host)"
+            for try await v in try await c.query(q, logger: self.logger).decode(Int.self) { n = v }
             return n
         }
     }

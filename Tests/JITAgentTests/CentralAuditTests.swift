@@ -85,4 +85,47 @@ import Glibc
         #expect(pages == 2)
         #expect(seen.count == 800 && Set(seen).count == 800)
     }
+
+    /// The two sources are read apart (each through its index) and merged: at the same microsecond the hosts'
+    /// events come first, a page boundary inside such a tie loses and repeats nothing, and `since` with the
+    /// cursor keeps both.
+    @Test func serverAndHostEventsAtTheSameMomentArePagedInOneOrder() async throws {
+        guard let (db, pg) = try await Self.database() else { return }
+        defer { pg.close() }
+        let times = ["2026-01-02T01:00:00Z", "2026-01-02T01:00:01Z", "2026-01-02T01:00:02Z"]
+        for host in ["h1", "h2"] {
+            let events = (1...300).map { Self.event(Int64($0), times[$0 % 3], "check", user: "alice") }
+            _ = try await db.storeEvents(host: host, try HostBodies.check(FleetWire.EventBatch(events: events)))
+        }
+        for (i, t) in times.enumerated() {
+            try await db.client.query("""
+                INSERT INTO fleet_audit (at, event, actor, host, data)
+                SELECT \(t)::timestamptz, 'request.approved', 'bob', CASE WHEN n % 2 = 0 THEN 'h1' END, jsonb_build_object('user', 'alice', 'n', n::text)
+                FROM generate_series(1, 150 + \(i)) n
+                """)
+        }
+        func readAll(_ first: [(String, String)]) async -> [[(String, String)]] {
+            var out: [[(String, String)]] = []
+            var m = Message("audit", first)
+            for _ in 0..<10 {
+                let r = await CentralAudit.read(m, as: bob, isApprover: true, db: db)
+                #expect(r.isOK, "\(r)")
+                out += r.records
+                guard let next = r["next"] else { break }
+                m = Message("audit", first + [("after", next)])
+            }
+            return out
+        }
+        let all = await readAll([])
+        let keys = all.map { "\(Self.v($0, "d_source")!)/\(Self.v($0, "d_host") ?? "")/\(Self.v($0, "id")!)" }
+        #expect(all.count == 600 + 453 && Set(keys).count == all.count, "\(all.count) read, \(Set(keys).count) distinct")
+        // Oldest first; within one moment the hosts' events, then the server's.
+        let order = all.map { "\(Self.v($0, "at")!) \(Self.v($0, "d_source")!)" }
+        let expected = times.flatMap { t in Array(repeating: "\(t) host", count: 200) + Array(repeating: "\(t) server", count: 150 + times.firstIndex(of: t)!) }
+        #expect(order == expected)
+        let since = await readAll([("since", times[1])])
+        #expect(since.count == 400 + 151 + 152 && since.allSatisfy { Self.v($0, "at") != times[0] })
+        let user = await readAll([("user", "alice"), ("since", times[2])])
+        #expect(user.count == 200 + 152)
+    }
 }

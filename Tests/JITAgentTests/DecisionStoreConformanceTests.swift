@@ -134,7 +134,7 @@ import Logging
             #expect(w.call(D.mallory, "cancel", [("request", String(b.id))])["code"] == "unauthorized")
             #expect(w.call(D.alice, "cancel", [("request", String(b.id))])["state"] == "cancelled")
             let c = try w.file(D.alice, .login)
-            #expect(try w.engine.decisions.pendingCount(user: "alice") == 1)
+            #expect(try w.engine.decisions.pendingCount(user: "alice", filedBy: nil) == 1)
             #expect(try w.engine.decisions.nextDeadline() == c.expiresAt)
             clock.advance(2 * 3600)
             w.engine.expireDue()

@@ -24,7 +24,7 @@ import X509
         }
     }
 
-    static func plane() async throws -> Plane? {
+    static func plane(extra: String = "") async throws -> Plane? {
         guard let pg = try await TestPostgres.freshDatabase() else { return nil }
         let store = try await pg.store()
         for (name, env) in [("h1", "production"), ("h2", "production"), ("s1", "staging")] {
@@ -32,7 +32,7 @@ import X509
         }
         let dir = TempDir()
         let policy = dir.file("policy.yaml")
-        try DecisionStoreConformanceTests.yaml.replacingOccurrences(of: "environment: production\nlabels: [web]\n", with: "")
+        try (DecisionStoreConformanceTests.yaml.replacingOccurrences(of: "environment: production\nlabels: [web]\n", with: "") + extra)
             .write(toFile: policy, atomically: true, encoding: .utf8)
         var cfg = pg.config
         cfg.policyPath = policy
@@ -88,5 +88,27 @@ import X509
         // A staging host's request is decided for staging, whatever it asks.
         let s1 = try await p.engine.file(request(1), from: p.caller("s1", "staging"))
         #expect(s1.environment == "staging")
+    }
+
+    /// A compromised host files in any user's name (its PAM module is its word): its filings count against that
+    /// user's budget on that host only, so it cannot use up the user's pending requests everywhere else.
+    @Test func aUsersBudgetIsCountedPerFilingHost() async throws {
+        guard let p = try await Self.plane(extra: "\nlimits:\n  pending_per_user: 2\n") else { return }
+        defer { p.engine.stop(); p.pg.close() }
+        let h1 = p.caller("h1"), h2 = p.caller("h2")
+        for seq in 1...2 { #expect(try await p.engine.file(request(Int64(seq)), from: h1).state == "pending") }
+        let refused = await code { _ = try await p.engine.file(request(3), from: h1) }
+        #expect(refused?.hasPrefix("busy") == true && refused?.contains("judy already has 2 pending requests filed through host h1") == true
+                && refused?.contains("limits.pending_per_user") == true, "\(refused ?? "filed")")
+        // Another host, and the person's own filing on the control plane, still have theirs.
+        #expect(try await p.engine.file(request(1), from: h2).state == "pending")
+        #expect(try await p.engine.file(request(2), from: h2).state == "pending")
+        #expect(await code { _ = try await p.engine.file(request(3), from: h2) }?.contains("through host h2") == true)
+        let engine = p.engine.engine
+        let own = try await offPool {
+            try engine.fileDecision(Draft(environment: "production", scope: .sudo, duration: 600, reason: "own"), for: D.judy, extending: nil,
+                                             origin: Filing(host: nil, seq: nil, facts: HostFacts(environment: "production", labels: ["web"]), hosts: [])).request
+        }
+        #expect(own.state == .pending && own.filedByHost == nil)
     }
 }
