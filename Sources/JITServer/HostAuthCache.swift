@@ -117,6 +117,11 @@ final class HostAuthCache: Sendable {
 
     // MARK: heartbeats
 
+    /// Whether rows may answer now: the listener is up and one of its heartbeats came back lately.
+    func answersFromMemory(now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { s in s.live && s.confirmed.map { now - $0 < Self.maxAge } == true }
+    }
+
     /// The payload of the next heartbeat to send on `jit_hosts` (call just before sending it).
     func nextHeartbeat(now: ContinuousClock.Instant = .now) -> String {
         state.withLock { s in
