@@ -140,6 +140,19 @@ let package = Package(
         .executableTarget(name: "jit", dependencies: ["JITCLI"], swiftSettings: strict),
         // What the .deb ships: one binary, installed as jitd and jit; the name it runs under picks the tree.
         .executableTarget(name: "jit-multicall", dependencies: ["JITCLI", "JITDaemon"], swiftSettings: strict),
+        // make bench-fleet's simulated hosts (bench/fleet.py): a benchmark tool, not in any package.
+        .executableTarget(
+            name: "jit-bench-hosts",
+            dependencies: [
+                "JITFleet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "bench/FleetHosts",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "JITCoreTests",
             dependencies: [
