@@ -177,6 +177,13 @@ class Agent:
         return run(["sqlite3", self.database, query], check=True).stdout.strip()
 
 
+def at_a_terminal():
+    """preexec_fn for a child that a test interrupts as Ctrl-C would: SIGINT at its default action. A shell
+    without job control (`make check &`, nohup, some CI runners) starts its children with SIGINT ignored, and
+    an ignored signal stays ignored across exec, so without this the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(cond, limit=15, step=0.05):
     """Polls `cond` until it returns something true or `limit` seconds pass; returns its last value."""
     t0 = time.time()

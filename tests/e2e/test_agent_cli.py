@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import JIT, JITD, REPO, raw_call, requests_until_killed, run, needs_root
+from conftest import JIT, JITD, REPO, at_a_terminal, raw_call, requests_until_killed, run, needs_root
 
 pytestmark = needs_root
 
@@ -129,7 +129,8 @@ def test_ctrl_c_while_waiting_cancels(agent, people):
     agent.start()
     e = {"PATH": "/usr/bin:/bin", "JIT_SOCKET": agent.socket}
     p = subprocess.Popen(["setpriv", "--reuid", people["alice"], "--regid", people["alice"], "--init-groups", "--",
-                          JIT, "request", "--for", "10m", "--reason", "x", "--wait"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          JIT, "request", "--for", "10m", "--reason", "x", "--wait"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=at_a_terminal)
     deadline = time.time() + 10
     while time.time() < deadline and agent.jit_json(people["bob"], "list", "--pending") == []:
         time.sleep(0.05)

@@ -116,10 +116,10 @@ ONCE_AND_RECORDED = """  - name: once-id
 
 def jit_popen(agent, user, *args):
     import subprocess
-    from conftest import JIT
+    from conftest import JIT, at_a_terminal
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "JIT_SOCKET": agent.socket, "LANG": "C.UTF-8"}
     return subprocess.Popen(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", JIT, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=at_a_terminal)
 
 
 def wait_pending(agent, approver, proc, limit=20):
