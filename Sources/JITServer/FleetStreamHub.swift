@@ -299,6 +299,10 @@ struct StreamAnswer: Sendable {
     }
 }
 
+struct ListenEnded: Error, CustomStringConvertible {
+    var description: String { "the notifications from PostgreSQL ended" }
+}
+
 /// The replica's one `LISTEN` connection (`jit_changes`, `jit_hosts`), reconnected when PostgreSQL goes away,
 /// and the pruning of old changes. Runs in the application's service group.
 struct StreamListener: Service {
@@ -328,13 +332,19 @@ struct StreamListener: Service {
                             await hub.setLive(true)
                             backoff = .milliseconds(200)
                             try await withThrowingDiscardingTaskGroup { g in
-                                g.addTask { for try await n in changes { await hub.environmentChanged(n.payload) } }
+                                // A notification stream that ends (without an error) ends the group all the same, so
+                                // that the heartbeats stop and the replica reconnects.
+                                g.addTask {
+                                    for try await n in changes { await hub.environmentChanged(n.payload) }
+                                    throw ListenEnded()
+                                }
                                 g.addTask {
                                     for try await n in hosts {
                                         if db.hostCache.heartbeat(n.payload) { continue }
                                         db.hostCache.invalidate(n.payload)
                                         await hub.hostChanged(n.payload)
                                     }
+                                    throw ListenEnded()
                                 }
                                 g.addTask { await self.heartbeats() }
                             }
