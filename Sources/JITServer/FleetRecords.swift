@@ -197,6 +197,13 @@ extension FleetDatabase {
     /// How long checking a host's certificate against PostgreSQL may take before the call is refused (503).
     static let authenticateDeadline: Duration = .seconds(5)
 
+    /// The connection, not the statement, failed: PostgreSQL ended it (SQLSTATE class 57P: admin shutdown,
+    /// crash shutdown, cannot connect now) or it closed under the query.
+    static func connectionWentAway(_ e: PSQLError) -> Bool {
+        if let state = e.serverInfo?[.sqlState] { return state.hasPrefix("57P") }
+        return e.code == .serverClosedConnection || e.code == .uncleanShutdown
+    }
+
     public func authenticate(name: String, serial: String) async throws(FleetError) -> HostRecord {
         if let h = hostCache.host(name, serial: serial) { return h }
         let generation = hostCache.generation()
@@ -205,8 +212,14 @@ extension FleetDatabase {
             // Bounded: with PostgreSQL away the pool would hold the call until a connection comes; a host must
             // hear at once that the control plane cannot serve it (503), so it tells its users and retries.
             rows = try await FleetDatabase.within(Self.authenticateDeadline) {
-                try await self.hosts(try await self.client.query(
-                    "SELECT \(unescaped: Self.hostColumns) FROM hosts WHERE name = \(name)", logger: self.logger))
+                let q: PostgresQuery = "SELECT \(unescaped: Self.hostColumns) FROM hosts WHERE name = \(name)"
+                do {
+                    return try await self.hosts(try await self.client.query(q, logger: self.logger))
+                } catch let e as PSQLError where Self.connectionWentAway(e) {
+                    // A pooled connection PostgreSQL had just ended (a restart, pg_terminate_backend): a read,
+                    // so asked once more on a fresh connection rather than refused.
+                    return try await self.hosts(try await self.client.query(q, logger: self.logger))
+                }
             }
         } catch is DeadlineExceeded {
             throw FleetError("database", "the control plane cannot reach its PostgreSQL (\(describe)) to check host '\(name)'; it answers again when the database is back")
