@@ -3,7 +3,8 @@
 
 A throw-away PostgreSQL, two `jitd server` replicas (release build), and BENCH_HOSTS (default 10,000)
 simulated hosts of one environment, each with its own enrolled identity (key, certificate, `hosts` row),
-each holding its grant stream (GET /v1/grants/stream, long-poll, mutual TLS) against one of the replicas.
+each holding its grant stream (mutual TLS) against one of the replicas: GET /v1/grants/events (server-sent
+events, as host agents do), or with BENCH_STREAM=poll the long-poll GET /v1/grants/stream (older agents).
 Prints: approval -> grant delivered to all hosts (p50, p99, max), revoke -> delivered to all (same),
 requests filed per second through the API, the replicas' RSS and CPU, and the check latency on a fleet
 host's agent beside a single-host agent (bench/run.py's socket round trip).
@@ -253,7 +254,8 @@ def main():
         cp.pg.sql(f"UPDATE grants SET state = 'revoked', ended_at = now(), ended_by = 'bench warm-up' WHERE id = {warm}", db=cp.database)
         hosts_tool = os.path.join(os.environ["JIT_BIN"], "jit-bench-hosts")
         native = os.environ.get("BENCH_CLIENT", "swift") == "swift" and os.access(hosts_tool, os.X_OK)
-        results["simulated_hosts"] = "jit-bench-hosts (SwiftNIO, 2 threads)" if native else f"Python asyncio, {WORKERS} processes"
+        stream = "long-poll" if os.environ.get("BENCH_STREAM") == "poll" else "server-sent events"
+        results["simulated_hosts"] = f"jit-bench-hosts (SwiftNIO, 2 threads, {stream})" if native else f"Python asyncio, {WORKERS} processes, long-poll"
         if native:
             q_ready, q_out = queue.Queue(), queue.Queue()
             names_file = os.path.join(tmp, "names")

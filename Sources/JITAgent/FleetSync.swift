@@ -12,9 +12,16 @@ public protocol ControlPlane: Sendable {
     func status(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus
     func cancel(id: Int64) async throws(FleetError) -> FleetWire.RequestStatus
     func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream
+    /// The grant stream as server-sent events (`FleetSession.events`); `.unsupported`: long-poll instead.
+    func events(cursor: Int64, _ onItem: @escaping @Sendable (GrantStreamItem) async throws -> Void) async throws -> GrantEventsEnd
     func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck
     /// Renews the host certificate when less than a third of its life is left; returns the new end if it did.
     func renewIfDue(now: Date) async throws(FleetError) -> Date?
+}
+
+extension ControlPlane {
+    /// A control plane without an event stream: the host long-polls.
+    public func events(cursor: Int64, _ onItem: @escaping @Sendable (GrantStreamItem) async throws -> Void) async throws -> GrantEventsEnd { .unsupported }
 }
 
 /// The control plane over HTTPS: the fleet file names the server, the host key and certificate and the CA.
@@ -39,6 +46,9 @@ public final class LiveControlPlane: ControlPlane {
     public func stream(cursor: Int64, wait: Int) async throws(FleetError) -> FleetWire.GrantStream {
         try await current.stream(cursor: cursor, wait: wait)
     }
+    public func events(cursor: Int64, _ onItem: @escaping @Sendable (GrantStreamItem) async throws -> Void) async throws -> GrantEventsEnd {
+        try await current.events(cursor: cursor, onItem)
+    }
     public func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck { try await current.send(events: b) }
 
     public func renewIfDue(now: Date) async throws(FleetError) -> Date? {
@@ -49,13 +59,16 @@ public final class LiveControlPlane: ControlPlane {
         let renewed = try await client.renew(fleet: old.fleet, fleetPath: fleetPath, newKey: false)
         let fresh = try FleetSession(fleet: renewed)
         session.withLock { $0 = fresh }
-        // Calls already under way on the old session finish first (a long-poll: within its wait).
+        // Calls already under way on the old session finish first (a long-poll: within its wait; the event stream
+        // at its next ping).
+        old.retire()
         Task { try? await Task.sleep(nanoseconds: 90_000_000_000); await old.shutdown() }
         return try FleetClient.validity(fleet: renewed).notAfter
     }
 }
 
-/// The host agent's fleet worker: holds the grant stream (long-poll from the stored cursor), sends the
+/// The host agent's fleet worker: holds the grant stream (server-sent events from the stored cursor; long-poll
+/// against a server without them), sends the
 /// request outbox with back-off, asks about open requests, ships the audit trail, renews the certificate.
 /// Everything it learns is committed to SQLite before it acts; the check path never waits for it.
 public final class FleetSync: Sendable {
@@ -328,8 +341,27 @@ public final class FleetSync: Sendable {
 
     func streamLoop() async {
         var failures = 0
+        var pollUntil = Date.distantPast  // the server has no event stream: long-poll until then
         while !isStopped {
-            if await streamOnce() {
+            let ok: Bool
+            if Date() < pollUntil {
+                ok = await streamOnce()
+            } else {
+                let started = Date()
+                switch await eventsOnce() {
+                case .unsupported:
+                    logger.notice("the control plane \(plane.url) has no event stream (an older jitd server): long-polling for grants, asking again in 10 minutes")
+                    pollUntil = Date().addingTimeInterval(600)
+                    ok = true
+                case .ended, .retired:
+                    ok = true
+                    // A stream the server ends at once, again and again, must not become a busy loop.
+                    if Date().timeIntervalSince(started) < 2 { try? await Task.sleep(nanoseconds: 1_000_000_000) }
+                case nil:
+                    ok = false
+                }
+            }
+            if ok {
                 failures = 0
             } else {
                 failures += 1
@@ -337,6 +369,28 @@ public final class FleetSync: Sendable {
                 try? await Task.sleep(nanoseconds: UInt64(min(5, Self.backoff(failures - 1)) * 1e9))
             }
         }
+    }
+
+    /// One event stream from the stored cursor, each batch applied (committed to SQLite) before the next is read,
+    /// until the server ends it. Nil when the server could not be reached, refused, or a batch could not be applied
+    /// (the stream is dropped: the next one starts from the last cursor applied, so nothing is lost).
+    public func eventsOnce() async -> GrantEventsEnd? {
+        do {
+            let cursor = try store.fleetCursor().cursor
+            return try await plane.events(cursor: cursor) { [self] item in
+                switch item {
+                case .ping: contact()
+                case .batch(let b): try apply(b)
+                }
+            }
+        } catch let e as FleetError {
+            lost(e, "grant stream")
+        } catch let e as JITError {
+            logger.error("grant stream: a batch could not be applied (\(e.message)); connecting again from the last cursor applied")
+        } catch {
+            if !isStopped { logger.error("grant stream: \(error)") }
+        }
+        return nil
     }
 
     func workLoop() async {

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import Hummingbird
 import JITCore
 public import JITFleet
@@ -13,6 +13,8 @@ public struct CallerHost: Sendable {
     /// The serial of the certificate the caller presented.
     public var serial: String
     public var publicKey: Certificate.PublicKey
+    /// When the presented certificate ends (an event stream ends then at the latest).
+    public var certificateNotAfter: Date? = nil
 }
 
 /// The request context of the fleet API: the connection's channel (for its TLS peer) and the caller, once the
@@ -118,7 +120,7 @@ struct HostAuthMiddleware: RouterMiddleware {
         let record = try await db.authenticate(name: v.identity.name, serial: v.serial)
         db.touch(record)
         var context = context
-        context.host = CallerHost(record: record, serial: v.serial, publicKey: v.publicKey)
+        context.host = CallerHost(record: record, serial: v.serial, publicKey: v.publicKey, certificateNotAfter: v.notAfter)
         return try await next(request, context)
     }
 

@@ -43,6 +43,7 @@ actor StreamHub {
     let logger: Logger
     private var caches: [String: EnvironmentCache] = [:]
     private var waiters: [String: Waiter] = [:]
+    private var subscribers: [String: Subscriber] = [:]
     private var nextID: UInt64 = 0
     private var refreshing: Set<String> = []
     private var dirty: Set<String> = []
@@ -55,7 +56,8 @@ actor StreamHub {
         self.logger = logger
     }
 
-    var waiting: Int { waiters.count }
+    var waiting: Int { waiters.count + subscribers.count }
+    var subscribed: Int { subscribers.count }
 
     // MARK: the stream
 
@@ -128,21 +130,11 @@ actor StreamHub {
         if let old = waiters.removeValue(forKey: name) {
             old.continuation.resume(returning: .done)
         }
-        guard waiters.count < limits.maxWaiters else {
-            throw FleetError("busy", "this replica holds \(limits.maxWaiters) streams already; try again in a few seconds (or another replica)")
-        }
+        try checkRoom()
         nextID += 1
         let id = nextID
         let deadline = ContinuousClock.now + duration
-        if sweeper == nil {
-            sweeper = Task { [weak self] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: Self.sweepEvery)
-                    guard let self else { return }
-                    await self.sweep()
-                }
-            }
-        }
+        startSweeper()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Wake, Never>) in
                 waiters[name] = Waiter(id: id, filter: filter, serial: serial, cursor: cursor, continuation: c, deadline: deadline)
@@ -152,17 +144,239 @@ actor StreamHub {
         }
     }
 
+    private func checkRoom() throws(FleetError) {
+        guard waiters.count + subscribers.count < limits.maxWaiters else {
+            throw FleetError("busy", "this replica holds \(limits.maxWaiters) streams already; try again in a few seconds (or another replica)")
+        }
+    }
+
+    private func startSweeper() {
+        guard sweeper == nil else { return }
+        sweeper = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: Self.sweepEvery)
+                guard let self else { return }
+                await self.sweep()
+            }
+        }
+    }
+
     private func finish(_ name: String, id: UInt64, with wake: Wake) {
         guard let w = waiters[name], w.id == id else { return }
         waiters.removeValue(forKey: name)
         w.continuation.resume(returning: wake)
     }
 
-    /// Ends the waits that are due ("nothing new").
+    /// Ends the waits that are due ("nothing new"); pings the event streams that have been quiet, and ends those
+    /// past their time.
     private func sweep() {
         let now = ContinuousClock.now
-        let due = waiters.filter { $0.value.deadline <= now }
-        for (name, w) in due { finish(name, id: w.id, with: .done) }
+        var due: [(String, UInt64)] = []
+        for (name, w) in waiters where w.deadline <= now { due.append((name, w.id)) }
+        for (name, id) in due { finish(name, id: id, with: .done) }
+        var quiet: [String] = [], over: [(String, UInt64)] = []
+        for (name, s) in subscribers {
+            if s.endsAt <= now { over.append((name, s.id)) } else if s.lastSent + GrantEvents.pingEvery <= now { quiet.append(name) }
+        }
+        for (name, id) in over { endSubscription(name, id: id) }
+        for name in quiet { ping(name, now: now) }
+    }
+
+    // MARK: the event stream
+
+    private struct Subscriber {
+        var id: UInt64
+        var filter: StreamFilter
+        var serial: String
+        /// Everything up to here that concerns the host has been sent (or queued to send).
+        var cursor: Int64
+        /// The cursor the host was last told (an event's id): a ping with a newer cursor is an empty batch.
+        var told: Int64
+        var continuation: AsyncStream<ByteBuffer>.Continuation
+        var lastSent: ContinuousClock.Instant
+        var endsAt: ContinuousClock.Instant
+    }
+
+    /// An open `GET /v1/grants/events`: the first events (sent at once), then what the hub pushes.
+    struct Subscription: Sendable {
+        let name: String
+        let id: UInt64
+        let first: [ByteBuffer]
+        let events: AsyncStream<ByteBuffer>
+        let continuation: AsyncStream<ByteBuffer>.Continuation
+    }
+
+    /// How long one event stream lasts before the server ends it (the host connects again at once): a bound on
+    /// anything a missed notification could hold up, spread so that hosts do not all come back together.
+    static let subscriptionLife: ClosedRange<Double> = 240...300
+    /// Events queued for one host beyond which it is cut off (it reads too slowly; it comes back from its cursor).
+    static let subscriberBuffer = 64
+
+    /// Opens an event stream for the caller from `cursor` (0: a reset first). The first events bring the host up
+    /// to date at once (an empty batch when there is nothing); then each change that concerns it is pushed as it
+    /// is committed. A host has one event stream per replica: a second ends the first.
+    func subscribe(_ caller: CallerHost, cursor start: Int64, now: Date = Date()) async throws(FleetError) -> Subscription {
+        let filter = StreamFilter(caller.record)
+        var first: [StreamAnswer] = []
+        var cursor = start
+        if start == 0 {
+            let r = try StreamAnswer(try await reset(filter))
+            first.append(r)
+            cursor = r.stream.cursor
+        }
+        var known = false
+        while true {
+            if let cache = caches[filter.environment], cache.covers(cursor) {
+                // From here to the registration nothing suspends: no change can fall between the two.
+                while let a = cache.answer(filter, after: cursor, limit: limits.batch), !a.changes.isEmpty {
+                    first.append(try StreamAnswer(a))
+                    cursor = a.cursor
+                }
+                cursor = max(cursor, cache.through)
+                break
+            }
+            if !known || (caches[filter.environment].map { cursor < $0.from } ?? true) {
+                let r = try await db.hostChanges(filter, after: cursor, limit: limits.batch)
+                if cursor < r.pruned || cursor > r.current {
+                    let reset = try StreamAnswer(try await reset(filter))
+                    first = [reset]
+                    cursor = reset.stream.cursor
+                    known = false
+                    continue
+                }
+                if let last = r.rows.last {
+                    let full = r.rows.count == limits.batch
+                    first.append(try StreamAnswer(FleetWire.GrantStream(cursor: full ? last.version : r.current, reset: false, changes: r.rows.map(\.grant))))
+                    cursor = full ? last.version : r.current
+                    if full { continue }
+                } else {
+                    cursor = r.current
+                }
+                known = true
+                if caches[filter.environment] == nil {
+                    caches[filter.environment] = EnvironmentCache(at: r.current, capacity: limits.cachePerEnvironment)
+                } else if caches[filter.environment]!.through < r.current {
+                    scheduleRefresh(filter.environment)
+                }
+                continue  // the cache may have moved while PostgreSQL answered: look again
+            }
+            break  // the cache is behind this cursor: its refresh is under way, and pushes from there
+        }
+        try checkRoom()
+        if first.isEmpty || first.last!.stream.cursor != cursor {
+            first.append(try StreamAnswer(FleetWire.GrantStream(cursor: cursor, reset: false, changes: [])))
+        }
+        let name = filter.name
+        if let old = subscribers.removeValue(forKey: name) { old.continuation.finish() }
+        nextID += 1
+        let (events, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingOldest(Self.subscriberBuffer))
+        let clock = ContinuousClock.now
+        var life = Double.random(in: Self.subscriptionLife)
+        if let end = caller.certificateNotAfter { life = min(life, end.timeIntervalSince(now)) }
+        subscribers[name] = Subscriber(id: nextID, filter: filter, serial: caller.serial, cursor: cursor, told: cursor, continuation: continuation,
+                                       lastSent: clock, endsAt: clock + .milliseconds(Int64(max(0, life) * 1000)))
+        startSweeper()
+        return Subscription(name: name, id: nextID, first: first.map { Self.event($0) }, events: events, continuation: continuation)
+    }
+
+    /// The response that carried the stream has ended (the host went away, or the hub ended it).
+    func unsubscribe(_ name: String, id: UInt64) {
+        guard let s = subscribers[name], s.id == id else { return }
+        subscribers.removeValue(forKey: name)
+        s.continuation.finish()
+    }
+
+    private func endSubscription(_ name: String, id: UInt64) { unsubscribe(name, id: id) }
+
+    /// Ends every event stream and long-poll (the server is shutting down: their responses end, hosts go to another
+    /// replica).
+    func close() {
+        for (name, w) in waiters { finish(name, id: w.id, with: .done) }
+        for (name, s) in subscribers { unsubscribe(name, id: s.id) }
+    }
+
+    static func event(_ a: StreamAnswer) -> ByteBuffer {
+        ByteBuffer(bytes: GrantEvents.event(json: a.body.readableBytesView, cursor: a.stream.cursor))
+    }
+
+    private static let pingBuffer = ByteBuffer(bytes: GrantEvents.ping)
+
+    /// Sends a quiet stream its ping: an empty batch when its cursor moved since it was last told, else a comment.
+    private func ping(_ name: String, now: ContinuousClock.Instant) {
+        guard var s = subscribers[name] else { return }
+        var bytes = Self.pingBuffer
+        if s.cursor != s.told, let a = try? StreamAnswer(FleetWire.GrantStream(cursor: s.cursor, reset: false, changes: [])) {
+            bytes = Self.event(a)
+            s.told = s.cursor
+        }
+        s.lastSent = now
+        subscribers[name] = s
+        send(name, s, bytes)
+    }
+
+    /// Queues bytes for one stream; a stream that cannot take them (gone, or too far behind) ends.
+    private func send(_ name: String, _ s: Subscriber, _ bytes: ByteBuffer) {
+        switch s.continuation.yield(bytes) {
+        case .enqueued: break
+        case .dropped:
+            logger.warning("stream: host \(name) reads its grant events too slowly (\(Self.subscriberBuffer) queued); ending its stream (it comes back from its cursor)")
+            unsubscribe(name, id: s.id)
+        case .terminated: unsubscribe(name, id: s.id)
+        @unknown default: unsubscribe(name, id: s.id)
+        }
+    }
+
+    /// Sends the event streams of an environment what the cache now has for them.
+    private func push(_ environment: String, _ cache: EnvironmentCache?) {
+        guard !subscribers.isEmpty else { return }
+        var encoded: [AnswerKey: ByteBuffer] = [:]
+        var updates: [(String, Int64, [ByteBuffer])] = []
+        var stale: [(String, UInt64)] = []
+        for (name, s) in subscribers where s.filter.environment == environment {
+            guard let cache, cache.covers(s.cursor) else {
+                if cache == nil || s.cursor < cache!.from { stale.append((name, s.id)) }
+                continue
+            }
+            var cursor = s.cursor
+            var out: [ByteBuffer] = []
+            while let (a, versions) = cache.answerWithVersions(s.filter, after: cursor, limit: limits.batch) {
+                guard !a.changes.isEmpty else {
+                    cursor = a.cursor
+                    break
+                }
+                let key = AnswerKey(cursor: a.cursor, versions: versions)
+                if let e = encoded[key] {
+                    out.append(e)
+                } else {
+                    do {
+                        let e = Self.event(try StreamAnswer(a))
+                        encoded[key] = e
+                        out.append(e)
+                    } catch {
+                        logger.error("stream: cannot encode an event for host \(name): \(error.message)")
+                        break
+                    }
+                }
+                cursor = a.cursor
+            }
+            if cursor != s.cursor || !out.isEmpty { updates.append((name, cursor, out)) }
+        }
+        // The cache no longer covers these streams: they end, and their hosts come back reading PostgreSQL.
+        for (name, id) in stale { unsubscribe(name, id: id) }
+        let now = ContinuousClock.now
+        for (name, cursor, out) in updates {
+            guard var s = subscribers[name] else { continue }
+            s.cursor = cursor
+            if !out.isEmpty {
+                s.told = cursor
+                s.lastSent = now
+            }
+            subscribers[name] = s
+            for e in out {
+                send(name, s, e)
+                if subscribers[name]?.id != s.id { break }
+            }
+        }
     }
 
     // MARK: wake-ups
@@ -176,6 +390,8 @@ actor StreamHub {
     /// `jit_hosts` said this host's row changed.
     func hostChanged(_ name: String) {
         if let w = waiters[name] { finish(name, id: w.id, with: .hostChanged) }
+        // An event stream ends: the host connects again and is checked like any new call.
+        if let s = subscribers[name] { endSubscription(name, id: s.id) }
     }
 
     /// The listener is connected (true) or away (false). On coming back everything is read again, and the hosts
@@ -186,17 +402,18 @@ actor StreamHub {
         live = up
         guard up, !was else { return }
         refreshAll()
-        let names = Array(waiters.keys)
+        let names = Array(Set(waiters.keys).union(subscribers.keys))
         guard !names.isEmpty else { return }
         do {
             let rows = try await db.hostsNamed(names)
             let byName = Dictionary(rows.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            func changed(_ h: HostRecord?, serial: String, filter: StreamFilter) -> Bool {
+                guard let h else { return true }
+                return h.revokedAt != nil || (h.serial != serial && h.previousSerial != serial) || StreamFilter(h) != filter
+            }
             for n in names {
-                guard let w = waiters[n] else { continue }
-                let h = byName[n]
-                if h == nil || h!.revokedAt != nil || (h!.serial != w.serial && h!.previousSerial != w.serial) || StreamFilter(h!) != w.filter {
-                    finish(n, id: w.id, with: .hostChanged)
-                }
+                if let w = waiters[n], changed(byName[n], serial: w.serial, filter: w.filter) { finish(n, id: w.id, with: .hostChanged) }
+                if let s = subscribers[n], changed(byName[n], serial: s.serial, filter: s.filter) { endSubscription(n, id: s.id) }
             }
         } catch {
             logger.warning("stream: cannot re-check the waiting hosts: \(error.message)")
@@ -251,8 +468,10 @@ actor StreamHub {
         }
     }
 
-    /// Answers the waiters of an environment that the cache now has changes for.
+    /// Answers the waiters of an environment that the cache now has changes for, and sends the changes to its
+    /// event streams.
     private func resolve(_ environment: String, _ cache: EnvironmentCache?) {
+        push(environment, cache)
         // Hosts at the same cursor concerned by the same changes get the same bytes: encoded once.
         var encoded: [AnswerKey: StreamAnswer] = [:]
         for (name, w) in waiters where w.filter.environment == environment {

@@ -3,6 +3,7 @@ import Hummingbird
 import JITCore
 import JITFleet
 import NIOCore
+import ServiceLifecycle
 import Synchronization
 
 /// The host-facing routes of slice 2 (docs/FLEET.md, "The wire and the tables of slice 2"): requests filed by
@@ -38,6 +39,30 @@ extension FleetAPI {
             let q = try StreamQuery(cursor: request.uri.queryParameters["cursor"].map(String.init), wait: request.uri.queryParameters["wait"].map(String.init))
             let answer = try await stream.stream(h, cursor: q.cursor, wait: q.wait)
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: answer.body))
+        }
+        // The same changes as server-sent events on one open response (docs/FLEET.md, "The grant stream").
+        hosts.get("grants/events") { request, context in
+            let h = try context.caller()
+            // An EventSource reconnecting sends the last event's id (its cursor) as Last-Event-ID.
+            let raw = request.uri.queryParameters["cursor"].map(String.init) ?? request.headers[.init("Last-Event-ID")!]
+            let q = try StreamQuery(cursor: raw, wait: nil)
+            let sub = try await stream.subscribe(h, cursor: q.cursor)
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"], body: ResponseBody { [stream] writer in
+                do {
+                    // At shutdown the stream ends (the host goes to another replica) rather than hold the server up.
+                    try await withGracefulShutdownHandler {
+                        try await writer.write(contentsOf: sub.first)
+                        for await e in sub.events { try await writer.write(e) }
+                    } onGracefulShutdown: {
+                        sub.continuation.finish()
+                    }
+                } catch {
+                    await stream.unsubscribe(sub.name, id: sub.id)
+                    throw error
+                }
+                await stream.unsubscribe(sub.name, id: sub.id)
+                try await writer.finish(nil)
+            })
         }
         hosts.post("events") { request, context in
             let h = try context.caller()

@@ -23,6 +23,10 @@ final class FakePlane: ControlPlane {
         var badEvents: Set<Int64> = []
         /// Every batch posted, as its events' seqs.
         var batches: [[Int64]] = []
+        /// The event streams to serve, one per call, each what it sends before the server ends it (nil: the server has
+        /// no event stream, 404).
+        var eventStreams: [[GrantStreamItem]]? = nil
+        var eventCursorsAsked: [Int64] = []
     }
     let s = Mutex(State())
     var url: String { "https://cp.test:8443" }
@@ -69,6 +73,18 @@ final class FakePlane: ControlPlane {
             st.cursorsAsked.append(cursor)
             return st.streams.isEmpty ? FleetWire.GrantStream(cursor: cursor, reset: false, changes: []) : st.streams.removeFirst()
         }
+    }
+
+    func events(cursor: Int64, _ onItem: @escaping @Sendable (GrantStreamItem) async throws -> Void) async throws -> GrantEventsEnd {
+        try check()
+        let items: [GrantStreamItem]? = s.withLock { st in
+            guard st.eventStreams != nil else { return nil }
+            st.eventCursorsAsked.append(cursor)
+            return st.eventStreams!.isEmpty ? [] : st.eventStreams!.removeFirst()
+        }
+        guard let items else { return .unsupported }
+        for i in items { try await onItem(i) }
+        return .ended
     }
 
     func send(_ b: FleetWire.EventBatch) async throws(FleetError) -> FleetWire.EventAck {
@@ -339,6 +355,43 @@ final class FakePlane: ControlPlane {
         #expect(a["code"] == "unauthorized")
         #expect(a["message"]?.contains("approved on the control plane (https://cp.test:8443)") == true)
         #expect(f.h.call(D.root, "deny", [("id", id)])["message"]?.contains("denied on the control plane") == true)
+    }
+
+    // MARK: the event stream
+
+    @Test func theEventStreamAppliesEachBatchInOrderFromTheStoredCursor() async throws {
+        let f = try Fleet()
+        f.plane.s.withLock { $0.eventStreams = [
+            [.batch(FleetWire.GrantStream(cursor: 7, reset: true, changes: [f.grant(41)])), .ping],
+            [.batch(FleetWire.GrantStream(cursor: 9, reset: false, changes: [f.grant(41, state: "revoked")]))],
+        ] }
+        #expect(await f.sync.eventsOnce() == .ended)
+        #expect(f.login()["decision"] == "allow")
+        #expect(try f.h.engine.store.fleetCursor().cursor == 7)
+        // The next stream starts where the last applied batch left off, and its revocation ends the grant.
+        #expect(await f.sync.eventsOnce() == .ended)
+        #expect(f.plane.s.withLock { $0.eventCursorsAsked } == [0, 7])
+        #expect(f.login()["decision"] == "deny")
+        #expect(try f.h.engine.store.fleetCursor().cursor == 9)
+    }
+
+    @Test func aPingIsContactAndAServerWithoutEventsIsLongPolled() async throws {
+        let f = try Fleet(offline: .strict)
+        _ = try f.sync.apply(FleetWire.GrantStream(cursor: 1, reset: true, changes: [f.grant(1, minutes: 60)]))
+        f.plane.s.withLock { $0.away = true }
+        #expect(await f.sync.eventsOnce() == nil)
+        #expect(!f.h.engine.store.fleet.reachable)
+        f.h.clock.advance(601)
+        #expect(f.login()["decision"] == "deny", "strict: nothing heard for offline_grace")
+        // The server is back and says only 'ping': that is contact, and the cached grant is honoured again.
+        f.plane.s.withLock { $0.away = false; $0.eventStreams = [[.ping]] }
+        #expect(await f.sync.eventsOnce() == .ended)
+        #expect(f.h.engine.store.fleet.reachable)
+        #expect(f.login()["decision"] == "allow")
+        // An older server (no event stream) is told apart from an unreachable one.
+        f.plane.s.withLock { $0.eventStreams = nil }
+        #expect(await f.sync.eventsOnce() == .unsupported)
+        #expect(f.h.engine.store.fleet.reachable)
     }
 
     // MARK: offline modes

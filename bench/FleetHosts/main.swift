@@ -1,8 +1,9 @@
 // jit-bench-hosts: the simulated hosts of `make bench-fleet` (bench/fleet.py), a benchmark tool, not shipped.
 //
-// Holds one grant stream per host (GET /v1/grants/stream, long-poll, mutual TLS with the host's own key and
-// certificate) against the replicas named, re-arming each long-poll as soon as an answer is read, as a host
-// agent does. Compiled and on SwiftNIO so that the simulated hosts take little of the machine the replicas
+// Holds one grant stream per host (mutual TLS with the host's own key and certificate) against the replicas
+// named, as a host agent does: GET /v1/grants/events (server-sent events, one response held open; connected
+// again from the cursor when the server ends it), or with BENCH_STREAM=poll the long-poll GET /v1/grants/stream,
+// re-armed as soon as an answer is read. Compiled and on SwiftNIO so that the simulated hosts take little of the machine the replicas
 // share: what the bench measures is the control plane's fan-out, not the load generator's.
 //
 // Usage: jit-bench-hosts CA.pem CERT-DIR NAMES-FILE PORT[,PORT...]
@@ -25,6 +26,7 @@ guard args.count == 5, let ports = Optional(args[4].split(separator: ",").compac
     exit(2)
 }
 let caPath = args[1], certDir = args[2]
+let longPoll = ProcessInfo.processInfo.environment["BENCH_STREAM"] == "poll"
 let names: [String]
 do { names = try String(contentsOfFile: args[3], encoding: .utf8).split(separator: "\n").map(String.init) } catch {
     FileHandle.standardError.write(Data("jit-bench-hosts: cannot read \(args[3]): \(error)\n".utf8))
@@ -53,6 +55,7 @@ final class StreamHandler: ChannelInboundHandler, @unchecked Sendable {
     var first = true
     var status = 0
     var body = ByteBuffer()
+    var parser = EventStreamParser()
     let onFirst: @Sendable () -> Void
 
     init(onFirst: @escaping @Sendable () -> Void) { self.onFirst = onFirst }
@@ -61,7 +64,9 @@ final class StreamHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func ask(_ context: ChannelHandlerContext) {
         let wait = first ? 0 : 50
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/grants/stream?cursor=\(cursor)&wait=\(wait)")
+        let uri = longPoll ? "/v1/grants/stream?cursor=\(cursor)&wait=\(wait)" : GrantEvents.path + "?cursor=\(cursor)"
+        parser = EventStreamParser()
+        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: uri)
         head.headers.add(name: "Host", value: "127.0.0.1")
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -73,22 +78,39 @@ final class StreamHandler: ChannelInboundHandler, @unchecked Sendable {
             status = Int(h.status.code)
             body.clear()
         case .body(var b):
-            body.writeBuffer(&b)
+            guard !longPoll, status == 200 else {
+                body.writeBuffer(&b)
+                return
+            }
+            guard let items = try? parser.feed(b.readableBytesView) else {
+                context.close(promise: nil)
+                return
+            }
+            let t = Date().timeIntervalSince1970
+            for case .event(_, _, let data) in items {
+                if let s = try? JSONDecoder().decode(FleetWire.GrantStream.self, from: Data(data.utf8)) { got(s, at: t) }
+            }
         case .end:
             let t = Date().timeIntervalSince1970
-            if status == 200, let s = try? JSONDecoder().decode(FleetWire.GrantStream.self, from: Data(body.readableBytesView)) {
-                cursor = s.cursor
-                for g in s.changes { output.seen(g.id, g.state, t) }
-                if first {
-                    first = false
-                    output.becameReady()
-                    onFirst()
-                }
+            if !longPoll, status == 200 {
+                ask(context)  // the server ended the event stream: connect again from the cursor
+            } else if status == 200, let s = try? JSONDecoder().decode(FleetWire.GrantStream.self, from: Data(body.readableBytesView)) {
+                got(s, at: t)
                 ask(context)
             } else {
                 // Refused or unreadable: ask again in a second, as a host agent would.
                 context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { self.ask(context) }
             }
+        }
+    }
+
+    func got(_ s: FleetWire.GrantStream, at t: Double) {
+        cursor = s.cursor
+        for g in s.changes { output.seen(g.id, g.state, t) }
+        if first {
+            first = false
+            output.becameReady()
+            onFirst()
         }
     }
 

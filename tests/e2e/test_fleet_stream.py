@@ -307,3 +307,144 @@ def test_one_stream_per_host_and_a_bounded_number_per_replica(pg, tmp):
         assert [c["id"] for c in second.result.json()["changes"]] == [gid]
     finally:
         f.stop()
+
+
+class Events(threading.Thread):
+    """`GET /v1/grants/events` read in the background, as a host agent reads it: each event and comment in order.
+    `.items` is a queue of ("event", id, name, json), ("comment", text) and, when the server ends the response,
+    ("end",)."""
+
+    def __init__(self, fleet, host, cursor, replica=1, last_event_id=None):
+        super().__init__(daemon=True)
+        import queue
+        self.items = queue.Queue()
+        path, headers = f"/v1/grants/events?cursor={cursor}", {}
+        if last_event_id is not None:  # as an EventSource reconnects: the cursor in Last-Event-ID
+            path, headers = "/v1/grants/events", {"Last-Event-ID": last_event_id}
+        self.response = fleet.call(host, "GET", path, replica=replica, stream=True, timeout=(10, 60), headers=headers)
+        self.start()
+
+    def run(self):
+        if self.response.status_code != 200:
+            self.items.put(("end",))
+            return
+        ident, name, data = None, "message", []
+        try:
+            for line in self.response.iter_lines(chunk_size=1, decode_unicode=True):
+                if line == "":
+                    if data:
+                        self.items.put(("event", ident, name, json.loads("\n".join(data))))
+                    name, data = "message", []
+                elif line.startswith(":"):
+                    self.items.put(("comment", line[1:].strip()))
+                else:
+                    field, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if field == "id":
+                        ident = value
+                    elif field == "event":
+                        name = value
+                    elif field == "data":
+                        data.append(value)
+        except Exception as e:  # a cut connection ends the stream like the server's end
+            self.items.put(("error", str(e)))
+        self.items.put(("end",))
+
+    def next(self, timeout=10, skip_comments=True):
+        import queue
+        end = time.time() + timeout
+        while True:
+            try:
+                item = self.items.get(timeout=max(0.01, end - time.time()))
+            except queue.Empty:
+                return None
+            if item[0] == "comment" and skip_comments:
+                continue
+            return item
+
+    def batch(self, timeout=10):
+        item = self.next(timeout)
+        assert item is not None and item[0] == "event", f"no event within {timeout} s: {item}"
+        _, ident, name, body = item
+        assert name == "grants" and ident == str(body["cursor"]), item
+        return body
+
+
+def test_the_event_stream_pushes_each_change_to_the_hosts_it_concerns(fleet):
+    fleet.start(count=2)
+    web = fleet.enrol("se-web1", "staging", ["web"])
+    db = fleet.enrol("se-db1", "staging", ["db"])
+    prod = fleet.enrol("se-prod1", "production", ["web"])
+    old = fleet.grant("carol", "staging")
+    # Cursor 0: the first event is a reset with the active grants that concern the host, at once.
+    streams = {h.name: Events(fleet, h, 0) for h in (web, db, prod)}
+    for s in streams.values():
+        assert s.response.status_code == 200 and s.response.headers["content-type"].startswith("text/event-stream")
+    first = {n: s.batch() for n, s in streams.items()}
+    assert first["se-web1"]["reset"] is True and [c["id"] for c in first["se-web1"]["changes"]] == [old]
+    assert [c["id"] for c in first["se-db1"]["changes"]] == [old]
+    assert first["se-prod1"] == {"cursor": first["se-prod1"]["cursor"], "reset": True, "changes": []}
+    # A grant written through the database (the streams are on replica 1): pushed to the web host only.
+    t0 = time.time()
+    gid = fleet.grant("alice", "staging", labels=["web"])
+    got = streams["se-web1"].batch()
+    assert time.time() - t0 < 2, "the change took more than 2 s to be pushed"
+    assert got["reset"] is False and [(c["id"], c["state"]) for c in got["changes"]] == [(gid, "active")]
+    gid2 = fleet.grant("bob", "staging", hosts=["se-db1"])
+    assert [c["id"] for c in streams["se-db1"].batch()["changes"]] == [gid2], "the db host heard of the web grant, or not of its own"
+    fleet.end(gid)
+    assert [(c["id"], c["state"]) for c in streams["se-web1"].batch()["changes"]] == [(gid, "revoked")]
+    # The production host hears nothing of staging; its stream stays open with a ping at least every 15 s: a
+    # comment, or an empty batch when its cursor moved (versions are global; staging's moved it).
+    item = streams["se-prod1"].next(timeout=20, skip_comments=False)
+    assert item is not None, "no ping within 20 s"
+    assert item == ("comment", "ping") or (item[2] == "grants" and item[3]["changes"] == [] and item[3]["cursor"] >= first["se-prod1"]["cursor"]), item
+    # Resuming from the first event's cursor (sent as Last-Event-ID): what was missed comes first, in order, from
+    # either replica.
+    again = Events(fleet, web, None, replica=0, last_event_id=str(first["se-web1"]["cursor"]))
+    body = again.batch()
+    assert [(c["id"], c["state"]) for c in body["changes"]] == [(gid, "active"), (gid, "revoked")]
+    # A second stream of a host on one replica ends its first there (the server ends that response).
+    second = Events(fleet, web, body["cursor"], replica=1)
+    assert second.batch()["changes"] == []
+    assert streams["se-web1"].next(timeout=10) == ("end",), "the host's first stream was not ended"
+    again.response.close()
+
+
+def test_an_event_stream_is_ended_when_its_host_is_revoked_and_bad_calls_are_refused(fleet):
+    fleet.start(count=2)
+    h = fleet.enrol("sv-gone", "staging")
+    r = fleet.call(None, "GET", "/v1/grants/events?cursor=0")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "client_certificate_required"
+    for q in ("cursor=-1", "cursor=x", "cursor=1.5"):
+        r = fleet.call(h, "GET", "/v1/grants/events?" + q)
+        assert r.status_code == 400 and "cursor" in r.json()["error"]["message"], r.text
+    r = fleet.call(h, "GET", "/v1/grants/events", headers={"Last-Event-ID": "soon"})
+    assert r.status_code == 400 and "cursor" in r.json()["error"]["message"], r.text
+    s = Events(fleet, h, 0, replica=1)
+    cursor = s.batch()["cursor"]
+    t0 = time.time()
+    assert fleet.cp.admin("host", "revoke", "sv-gone").returncode == 0
+    fleet.grant("alice", "staging")
+    # Cut off when revoked (the notification on jit_hosts), without the new grant.
+    assert s.next(timeout=10) == ("end",)
+    assert time.time() - t0 < 5, "the revoked host's event stream was not ended at once"
+    r = fleet.call(h, "GET", f"/v1/grants/events?cursor={cursor}")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_revoked", r.text
+
+
+def test_a_replica_stopped_with_sigterm_ends_its_event_streams_and_exits(fleet):
+    import signal
+    fleet.start(count=2)
+    h = fleet.enrol("st-app1", "staging")
+    s = Events(fleet, h, 0, replica=1)
+    s.batch()
+    proc = fleet.cp.replicas[1][0]
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    # The open stream ends (the host goes to the other replica) instead of holding the shutdown up.
+    item = s.next(timeout=15)
+    assert item is not None and item[0] in ("end", "error"), f"the event stream was not ended at shutdown: {item}"
+    proc.wait(timeout=15)
+    assert time.time() - t0 < 15, "the replica took longer than 15 s to stop with an event stream open"
+    assert proc.returncode == 0, fleet.cp.log(1)[-2000:]
