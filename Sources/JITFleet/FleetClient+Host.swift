@@ -87,8 +87,7 @@ public final class FleetSession: Sendable {
         }
         guard resp.status.code / 100 == 2 else {
             let data = Data(((try? await resp.body.collect(upTo: 64 << 10)) ?? ByteBuffer()).readableBytesView)
-            if let e = try? JSONDecoder().decode(FleetWire.ErrorBody.self, from: data) { throw FleetError(e.error.code, e.error.message) }
-            throw FleetError("http_\(resp.status.code)", "the control plane at \(server) answered \(resp.status.code) \(resp.status.reasonPhrase) to GET \(GrantEvents.path)")
+            throw client.refusal(resp, data, "GET \(GrantEvents.path)")
         }
         guard resp.headers.first(name: "content-type")?.lowercased().hasPrefix("text/event-stream") == true else {
             throw FleetError("bad_answer", "the control plane at \(server) answered GET \(GrantEvents.path) with '\(resp.headers.first(name: "content-type") ?? "no content type")', not text/event-stream")

@@ -168,15 +168,16 @@ public struct FleetClient: Sendable {
         let resp = try await client.execute(req, timeout: timeout)
         let bytes = try await resp.body.collect(upTo: 1 << 20)
         let data = Data(bytes.readableBytesView)
-        guard resp.status.code / 100 == 2 else {
-            if let e = try? JSONDecoder().decode(FleetWire.ErrorBody.self, from: data) {
-                throw FleetError(e.error.code, e.error.message)
-            }
-            throw FleetError("http_\(resp.status.code)", "the control plane at \(server) answered \(resp.status.code) \(resp.status.reasonPhrase) to \(method) \(path)")
-        }
+        guard resp.status.code / 100 == 2 else { throw refusal(resp, data, "\(method) \(path)") }
         do { return try JSONDecoder().decode(Answer.self, from: data) } catch {
             throw FleetError("bad_answer", "the control plane at \(server) sent an answer to \(method) \(path) that cannot be read: \(error)")
         }
+    }
+
+    /// The error a non-2xx answer carries: the API's JSON error when it is one, else its status.
+    func refusal(_ resp: HTTPClientResponse, _ body: Data, _ call: String) -> FleetError {
+        if let e = try? JSONDecoder().decode(FleetWire.ErrorBody.self, from: body) { return FleetError(e.error.code, e.error.message) }
+        return FleetError("http_\(resp.status.code)", "the control plane at \(server) answered \(resp.status.code) \(resp.status.reasonPhrase) to \(call)")
     }
 
     static func describe(_ error: any Error) -> String {

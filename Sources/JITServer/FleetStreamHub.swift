@@ -45,6 +45,9 @@ actor StreamHub {
     private var waiters: [String: Waiter] = [:]
     private var subscribers: [String: Subscriber] = [:]
     private var nextID: UInt64 = 0
+    /// Moves at every host-row notification (and when the listener comes back): a stream being opened across
+    /// one checks its host again before it is registered.
+    private var hostEpoch: UInt64 = 0
     private var refreshing: Set<String> = []
     private var dirty: Set<String> = []
     private var sweeper: Task<Void, Never>?
@@ -57,13 +60,13 @@ actor StreamHub {
     }
 
     var waiting: Int { waiters.count + subscribers.count }
-    var subscribed: Int { subscribers.count }
 
     // MARK: the stream
 
     /// Answers one `GET /v1/grants/stream`: at once when there are changes for the caller after `cursor`, else when
     /// some come or `wait` seconds pass. The caller is re-checked against PostgreSQL when its row changes.
     func stream(_ caller: CallerHost, cursor start: Int64, wait: Int64) async throws(FleetError) -> StreamAnswer {
+        var epoch = hostEpoch
         var filter = StreamFilter(caller.record)
         // Cursor 0: start over. An empty answer at version 0 (nothing was ever granted) would bring the host back
         // at once with 0 again, so that one waits like any poll, and answers with a reset when woken.
@@ -93,20 +96,20 @@ actor StreamHub {
                 }
                 cursor = r.current
                 known = true
-                if caches[filter.environment] == nil {
-                    caches[filter.environment] = EnvironmentCache(at: r.current, capacity: limits.cachePerEnvironment)
-                } else if caches[filter.environment]!.through < r.current {
-                    scheduleRefresh(filter.environment)
-                }
+                noteCurrent(filter.environment, r.current)
                 continue  // the cache may have moved while PostgreSQL answered: look again before waiting
             }
             let left = deadline - ContinuousClock.now
             if left <= .zero { return try await answerStream(FleetWire.GrantStream(cursor: cursor, reset: false, changes: [])) }
-            switch try await park(filter, serial: caller.serial, cursor: cursor, for: left) {
+            // The host row changed while this call was under way (its notification found no one waiting): check the
+            // host again before it waits, as a wait woken by that notification does.
+            let wake: Wake = epoch != hostEpoch ? .hostChanged : try await park(filter, serial: caller.serial, cursor: cursor, for: left)
+            switch wake {
             case .answer(let a): return try await answer(a)
             case .done: return try await answerStream(FleetWire.GrantStream(cursor: cursor, reset: false, changes: []))
             case .stale: known = false
             case .hostChanged:
+                epoch = hostEpoch
                 let record = try await db.authenticate(name: caller.record.name, serial: caller.serial)
                 let now = StreamFilter(record)
                 if now != filter { filter = now; known = false }
@@ -144,6 +147,15 @@ actor StreamHub {
         }
     }
 
+    /// PostgreSQL said the environment is at `current`: start its cache there, or catch the cache up.
+    private func noteCurrent(_ environment: String, _ current: Int64) {
+        if caches[environment] == nil {
+            caches[environment] = EnvironmentCache(at: current, capacity: limits.cachePerEnvironment)
+        } else if caches[environment]!.through < current {
+            scheduleRefresh(environment)
+        }
+    }
+
     private func checkRoom() throws(FleetError) {
         guard waiters.count + subscribers.count < limits.maxWaiters else {
             throw FleetError("busy", "this replica holds \(limits.maxWaiters) streams already; try again in a few seconds (or another replica)")
@@ -178,7 +190,7 @@ actor StreamHub {
         for (name, s) in subscribers {
             if s.endsAt <= now { over.append((name, s.id)) } else if s.lastSent + GrantEvents.pingEvery <= now { quiet.append(name) }
         }
-        for (name, id) in over { endSubscription(name, id: id) }
+        for (name, id) in over { unsubscribe(name, id: id) }
         for name in quiet { ping(name, now: now) }
     }
 
@@ -216,6 +228,7 @@ actor StreamHub {
     /// to date at once (an empty batch when there is nothing); then each change that concerns it is pushed as it
     /// is committed. A host has one event stream per replica: a second ends the first.
     func subscribe(_ caller: CallerHost, cursor start: Int64, now: Date = Date()) async throws(FleetError) -> Subscription {
+        var epoch = hostEpoch
         let filter = StreamFilter(caller.record)
         var first: [StreamAnswer] = []
         var cursor = start
@@ -226,6 +239,16 @@ actor StreamHub {
         }
         var known = false
         while true {
+            // The host row changed while this stream was being opened (revoked, renewed, relabelled): the notification
+            // found no stream to end, so the host is checked again here, before the stream exists.
+            if epoch != hostEpoch {
+                epoch = hostEpoch
+                let record = try await db.authenticate(name: caller.record.name, serial: caller.serial)
+                guard StreamFilter(record) == filter else {
+                    throw FleetError("host_changed", "host '\(filter.name)' changed while its grant stream was being opened; connect again")
+                }
+                continue
+            }
             if let cache = caches[filter.environment], cache.covers(cursor) {
                 // From here to the registration nothing suspends: no change can fall between the two.
                 while let a = cache.answer(filter, after: cursor, limit: limits.batch), !a.changes.isEmpty {
@@ -253,11 +276,7 @@ actor StreamHub {
                     cursor = r.current
                 }
                 known = true
-                if caches[filter.environment] == nil {
-                    caches[filter.environment] = EnvironmentCache(at: r.current, capacity: limits.cachePerEnvironment)
-                } else if caches[filter.environment]!.through < r.current {
-                    scheduleRefresh(filter.environment)
-                }
+                noteCurrent(filter.environment, r.current)
                 continue  // the cache may have moved while PostgreSQL answered: look again
             }
             break  // the cache is behind this cursor: its refresh is under way, and pushes from there
@@ -284,15 +303,6 @@ actor StreamHub {
         guard let s = subscribers[name], s.id == id else { return }
         subscribers.removeValue(forKey: name)
         s.continuation.finish()
-    }
-
-    private func endSubscription(_ name: String, id: UInt64) { unsubscribe(name, id: id) }
-
-    /// Ends every event stream and long-poll (the server is shutting down: their responses end, hosts go to another
-    /// replica).
-    func close() {
-        for (name, w) in waiters { finish(name, id: w.id, with: .done) }
-        for (name, s) in subscribers { unsubscribe(name, id: s.id) }
     }
 
     static func event(_ a: StreamAnswer) -> ByteBuffer {
@@ -389,9 +399,10 @@ actor StreamHub {
 
     /// `jit_hosts` said this host's row changed.
     func hostChanged(_ name: String) {
+        hostEpoch &+= 1
         if let w = waiters[name] { finish(name, id: w.id, with: .hostChanged) }
         // An event stream ends: the host connects again and is checked like any new call.
-        if let s = subscribers[name] { endSubscription(name, id: s.id) }
+        if let s = subscribers[name] { unsubscribe(name, id: s.id) }
     }
 
     /// The listener is connected (true) or away (false). On coming back everything is read again, and the hosts
@@ -401,6 +412,7 @@ actor StreamHub {
         let was = live
         live = up
         guard up, !was else { return }
+        hostEpoch &+= 1
         refreshAll()
         let names = Array(Set(waiters.keys).union(subscribers.keys))
         guard !names.isEmpty else { return }
@@ -413,7 +425,7 @@ actor StreamHub {
             }
             for n in names {
                 if let w = waiters[n], changed(byName[n], serial: w.serial, filter: w.filter) { finish(n, id: w.id, with: .hostChanged) }
-                if let s = subscribers[n], changed(byName[n], serial: s.serial, filter: s.filter) { endSubscription(n, id: s.id) }
+                if let s = subscribers[n], changed(byName[n], serial: s.serial, filter: s.filter) { unsubscribe(n, id: s.id) }
             }
         } catch {
             logger.warning("stream: cannot re-check the waiting hosts: \(error.message)")
